@@ -1,0 +1,333 @@
+"""The Python API: Store, Artifact (being built), Version (logged), ArtifactFile.
+
+Reads need no FUSE: a Version reads its manifest and verified blobs straight from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any
+
+from .blobs import BlobStore
+from .catalog import Catalog, VersionRecord
+from .commit import commit
+from .config import StoreConfig, default_store_url
+from .errors import InvalidInputError, InvalidPathError, NotFoundError
+from .manifest import Difference, Entry, Manifest
+from .names import LATEST, Ref, validate_alias, validate_name, validate_path
+from .progress import ProgressFactory, silent
+from .storage import normalize_url, open_backend
+from .worktree import Source, compare, materialize, prune, scan, source_for
+
+
+class Store:
+    """A store of artifacts. `Store()` is the embedded local store, created on first use;
+    `Store(url)` opens `file:///path` (created by the first write)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self._embedded = url is None and not os.environ.get("ARTFS_STORE")
+        self.url = normalize_url(url or default_store_url())
+        self.backend = open_backend(self.url)
+        self._config: StoreConfig | None = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self, write: bool = False) -> StoreConfig:
+        if self._config is None:
+            self._config = StoreConfig.load(self.backend, create=write or self._embedded)
+        return self._config
+
+    @property
+    def catalog(self) -> Catalog:
+        self._open()
+        return Catalog(self.backend)
+
+    @property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.backend, self._open().block_size)
+
+    # -- reading -----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every artifact name in the store."""
+        return self.catalog.artifact_names()
+
+    def versions(self, name: str) -> list[Version]:
+        """Live versions of `name`, oldest first."""
+        catalog = self.catalog
+        records = catalog.versions(validate_name(name))
+        if not records and not catalog.numbers(name):
+            raise NotFoundError(f"no artifact named {name!r}")
+        held = _aliases_by_version(catalog.aliases(name))
+        return [Version(self, r, "", held.get(r.number, [])) for r in records]
+
+    def artifact(self, ref: str) -> Version:
+        """The version `ref` names: `name:v3`, `name:3`, `name:alias`, or `name` (= latest)."""
+        catalog = self.catalog
+        rec = catalog.resolve(Ref.parse(ref))
+        rec, etag = catalog.read(rec.name, rec.number)
+        held = _aliases_by_version(catalog.aliases(rec.name))
+        return Version(self, rec, etag, held.get(rec.number, []))
+
+    def diff(self, a: str, b: str) -> list[Difference]:
+        return self.artifact(a).manifest.diff(self.artifact(b).manifest)
+
+    # -- writing -----------------------------------------------------------------------------
+    def log_artifact(
+        self,
+        artifact: Artifact,
+        aliases: Iterable[str] = (),
+        *,
+        on_conflict: str = "new",
+        progress: ProgressFactory = silent,
+    ) -> Version:
+        """Commit `artifact` as the next version of its name and return that Version.
+
+        Identical content to the newest version creates nothing and returns it (with `aliases`
+        added). on_conflict: new (default) | skip | error | replace.
+        """
+        self._open(write=True)
+        result = commit(
+            self.catalog,
+            self.blobs,
+            artifact.name,
+            artifact.sources(),
+            type=artifact.type,
+            description=artifact.description,
+            metadata=artifact.metadata,
+            aliases=aliases,
+            on_conflict=on_conflict,
+            progress=progress,
+        )
+        version = self.artifact(result.record.label)
+        version.created = result.created
+        return version
+
+
+def _aliases_by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for alias, number in sorted(aliases.items()):
+        out.setdefault(number, []).append(alias)
+    return out
+
+
+class Artifact:
+    """An artifact being assembled before `Store.log_artifact`.
+
+    Path rules follow W&B: `add_file` without a name uses the basename, a name ending in `/` is a
+    folder; `add_dir` without a name adds the directory's contents at the root.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        type: str | None = None,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = validate_name(name)
+        self.type = validate_name(type, "type") if type is not None else None
+        self.description = description
+        self.metadata = dict(metadata or {})
+        self._sources: dict[str, Source] = {}
+        self._tmp: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.name!r}, {len(self._sources)} entries)"
+
+    def _add(self, src: Source) -> None:
+        if src.path in self._sources:
+            raise InvalidPathError(f"{self.name}: {src.path!r} was already added")
+        self._sources[src.path] = src
+
+    def add_file(self, local_path: str | os.PathLike[str], name: str | None = None) -> str:
+        src = source_for(Path(local_path), name)
+        self._add(src)
+        return src.path
+
+    def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None) -> list[str]:
+        added = list(scan(Path(local_path), name))
+        for src in added:
+            self._add(src)
+        return [s.path for s in added]
+
+    @contextlib.contextmanager
+    def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:
+        """Write a file that becomes part of the artifact when the `with` block ends."""
+        path = validate_path(name)
+        if path in self._sources:
+            raise InvalidPathError(f"{self.name}: {path!r} was already added")
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="artfs-new-"))
+            weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
+        local = self._tmp / f"{len(self._sources)}-{posixpath.basename(path)}"
+        with open(local, mode, encoding=encoding) as f:
+            yield f
+        self._add(Source(path, "file", local))
+
+    def sources(self) -> list[Source]:
+        if not self._sources:
+            raise InvalidInputError(f"{self.name}: nothing was added")
+        return list(self._sources.values())
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One path of a logged version (what `Version.files()` and `get_path()` return)."""
+
+    version: Version
+    entry: Entry
+
+    @property
+    def path(self) -> str:
+        return self.entry.path
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    @property
+    def hash(self) -> str:
+        return self.entry.hash
+
+    def open(self) -> io.BufferedReader:
+        return self.version.open(self.path)
+
+    def download(self, root: str | os.PathLike[str] | None = None) -> str:
+        """Write this one file under `root` (default: the version's download dir); return its path."""
+        root = Path(root or self.version.default_root())
+        materialize(self.version.store.blobs, Manifest.build([self.entry]), root)
+        return str(root / self.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.entry.to_dict()
+
+
+class Version:
+    """A logged version. Attributes mirror W&B's: change `aliases`, `metadata`, `description`,
+    then `save()`."""
+
+    def __init__(self, store: Store, record: VersionRecord, etag: str, aliases: list[str]) -> None:
+        self.store = store
+        self._record = record
+        self._etag = etag
+        self._saved_aliases = list(aliases)
+        self.aliases: list[str] = list(aliases)
+        self.metadata: dict[str, Any] = dict(record.metadata)
+        self.description: str = record.description
+        self.created = False  # set by log_artifact: did this call write a new version?
+
+    def __repr__(self) -> str:
+        return f"<Version {self.qualified_name}>"
+
+    name = property(lambda self: self._record.name)
+    number = property(lambda self: self._record.number)
+    type = property(lambda self: self._record.type)
+    digest = property(lambda self: self._record.digest)
+    size = property(lambda self: self._record.size)
+    file_count = property(lambda self: self._record.files)
+    created_at = property(lambda self: self._record.created_at)
+    producer = property(lambda self: dict(self._record.producer))
+    state = property(lambda self: self._record.state)
+
+    @property
+    def version(self) -> str:
+        return f"v{self.number}"
+
+    @property
+    def qualified_name(self) -> str:
+        return self._record.label
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return self.store.blobs.get_manifest(self._record.manifest)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self._record.to_dict()
+        d.update(
+            version=self.version, aliases=self.aliases, metadata=self.metadata, description=self.description
+        )
+        return d
+
+    def files(self) -> list[ArtifactFile]:
+        return [ArtifactFile(self, e) for e in self.manifest]
+
+    def get_path(self, path: str) -> ArtifactFile:
+        entry = self.manifest.get(validate_path(path))
+        if entry is None:
+            raise NotFoundError(f"{self.qualified_name} has no file {path!r}")
+        return ArtifactFile(self, entry)
+
+    def open(self, path: str) -> io.BufferedReader:
+        """A verified, lazily fetched binary reader for one file (symlinks are followed)."""
+        entry = self.get_path(path).entry
+        for _ in range(40):
+            if entry.kind != "link":
+                break
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), entry.target))
+            entry = self.get_path(target).entry
+        if not entry.is_file:
+            raise InvalidInputError(f"{self.qualified_name}: {path!r} is not a file")
+        return self.store.blobs.open(entry)
+
+    def default_root(self) -> Path:
+        return Path("artifacts") / f"{self.name}:{self.version}"
+
+    def download(self, root: str | os.PathLike[str] | None = None, progress: ProgressFactory = silent) -> str:
+        """Add the version's files to `root`, replacing ones that differ; extra files stay."""
+        root = Path(root or self.default_root())
+        materialize(self.store.blobs, self.manifest, root, progress)
+        return str(root)
+
+    def checkout(self, root: str | os.PathLike[str] | None = None, progress: ProgressFactory = silent) -> str:
+        """Make `root` exactly this version: files it does not have are DELETED."""
+        root = Path(root or self.default_root())
+        materialize(self.store.blobs, self.manifest, root, progress)
+        prune(self.manifest, root)
+        return str(root)
+
+    def verify(self, root: str | os.PathLike[str], progress: ProgressFactory = silent) -> list[Difference]:
+        """Every difference between `root` and this version (empty when they match)."""
+        return compare(self.manifest, Path(root), progress)
+
+    def save(self) -> None:
+        """Persist changes to aliases, metadata and description (compare-and-swap: a concurrent
+        change to the same version raises ConflictError instead of being overwritten)."""
+        catalog = self.store.catalog
+        wanted, had = set(self.aliases), set(self._saved_aliases)
+        if LATEST in wanted ^ had:
+            raise InvalidInputError("'latest' moves by itself and cannot be set or removed")
+        for alias in sorted(wanted - had):
+            catalog.set_alias(self.name, validate_alias(alias), self.number)
+        for alias in sorted(had - wanted):
+            catalog.delete_alias(self.name, alias, expected=self.number)
+        if self.metadata != self._record.metadata or self.description != self._record.description:
+            updated = replace(self._record, metadata=dict(self.metadata), description=self.description)
+            self._etag = catalog.update(updated, self._etag)
+            self._record = updated
+        self._saved_aliases = list(self.aliases)
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        """Delete this version; refuses while aliases (other than latest) point at it."""
+        removed = self.store.catalog.delete_version(self._record, delete_aliases=delete_aliases)
+        self.aliases = [a for a in self.aliases if a not in removed and a != LATEST]
+        self._record = replace(self._record, state="DELETED")

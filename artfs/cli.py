@@ -1,0 +1,428 @@
+"""The `artfs` command. Errors change form here: a domain error becomes one line on stderr and
+its exit code (0 ok · 1 differences found or nothing done as asked · 2 usage or invalid input ·
+3 other error · 4 not found · 5 conflict · 6 corrupt data · 7 store unusable)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.filesize import decimal as human_size
+from rich.table import Table
+
+from . import __version__
+from .api import Artifact, Store, Version
+from .errors import ArtfsError, InvalidInputError
+from .logs import setup as setup_logging
+from .names import LATEST, Ref
+
+log = logging.getLogger(__name__)
+out = Console(highlight=False, soft_wrap=True)
+
+EXIT_CODES = """\b
+Exit codes: 0 ok · 1 differences found / nothing done as asked · 2 usage or invalid input ·
+3 error · 4 not found · 5 conflict (exists, in use, changed) · 6 corrupt data · 7 store unusable"""
+
+
+def fail(exc: ArtfsError) -> NoReturn:
+    click.echo(f"artfs: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class ArtfsGroup(click.Group):
+    """Turns domain errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ArtfsError as e:
+            log.debug("error", exc_info=True)
+            fail(e)
+        except OSError as e:
+            log.debug("error", exc_info=True)
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"artfs: error: {where}{e.strerror or e}", err=True)
+            sys.exit(3)
+
+
+def progress_bar(*, total: int, desc: str) -> Any:
+    """tqdm, shown only on a terminal and only when the transfer lasts more than a moment."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        delay=0.5,
+        leave=False,
+        disable=None,
+    )
+
+
+def store_of(ctx: click.Context) -> Store:
+    return ctx.ensure_object(Store)
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def when(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso
+
+
+def table(*columns: str) -> Table:
+    t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for c in columns:
+        t.add_column(c, justify="right" if c in ("SIZE", "FILES", "VERSIONS") else "left", no_wrap=True)
+    return t
+
+
+@click.group(cls=ArtfsGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    envvar="ARTFS_STORE",
+    metavar="URL",
+    help="Store to use: file:///path (or a path). Default: $ARTFS_STORE, else the embedded store "
+    "in $XDG_DATA_HOME/artfs/store.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="artfs")
+@click.pass_context
+def main(ctx: click.Context, store: str | None, verbose: int) -> None:
+    """Versioned artifacts (datasets, models, results) you can use as directories.
+
+    \b
+    Quick tour:
+      artfs push bike-dataset ./data -t dataset -m rows=1000 -a best
+      artfs ls bike-dataset
+      artfs download bike-dataset:latest ./work
+      artfs verify bike-dataset:v0 ./work
+    """
+    setup_logging(verbose)
+    ctx.obj = Store(store)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"metadata {item!r}: use KEY=VALUE")
+        try:
+            meta[key] = json.loads(value)
+        except ValueError:
+            meta[key] = value
+    return meta
+
+
+@main.command()
+@click.argument("name")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-t",
+    "--type",
+    "type_",
+    metavar="TYPE",
+    help="dataset, model, result, … (default: the artifact's type, or dataset).",
+)
+@click.option("-d", "--description", default="", help="Free text shown with the version.")
+@click.option(
+    "-m",
+    "--metadata",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata; VALUE is JSON when it parses (1, true, [1,2]), else text. Repeatable.",
+)
+@click.option(
+    "-a",
+    "--alias",
+    "aliases",
+    multiple=True,
+    metavar="ALIAS",
+    help="Alias to point at the new version (latest moves by itself). Repeatable.",
+)
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["new", "skip", "error", "replace"]),
+    default="new",
+    show_default=True,
+    help="When NAME exists: new = next version; skip = do nothing; error = fail; "
+    "replace = new version, older ones deleted.",
+)
+@click.pass_context
+def push(
+    ctx: click.Context,
+    name: str,
+    paths: tuple[Path, ...],
+    type_: str | None,
+    description: str,
+    metadata: tuple[str, ...],
+    aliases: tuple[str, ...],
+    on_conflict: str,
+) -> None:
+    """Commit files and directories as the next version of NAME.
+
+    A directory's contents go to the root of the version; a file goes in under its name.
+    Content identical to the newest version creates nothing. Prints NAME:vN, or
+    "unchanged: NAME:vK".
+
+    \b
+    Example:
+      artfs push bike-dataset ./data README.md -t dataset -m rows=1000 -a best
+    """
+    art = Artifact(name, type=type_, description=description, metadata=parse_metadata(metadata))
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            art.add_dir(path)
+        else:
+            art.add_file(path)
+    v = store_of(ctx).log_artifact(art, aliases, on_conflict=on_conflict, progress=progress_bar)
+    click.echo(v.qualified_name if v.created else f"unchanged: {v.qualified_name}")
+    if not v.created and on_conflict == "skip":
+        sys.exit(1)
+
+
+@main.command("ls")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List artifacts, or the versions of NAME with their aliases.
+
+    \b
+    Examples:
+      artfs ls
+      artfs ls bike-dataset --json
+    """
+    store = store_of(ctx)
+    if name:
+        versions = store.versions(name)
+        if as_json:
+            return emit_json([v.to_dict() for v in versions])
+        t = table("VERSION", "ALIASES", "SIZE", "FILES", "CREATED", "DIGEST")
+        for v in reversed(versions):
+            t.add_row(
+                v.version,
+                ",".join(v.aliases),
+                human_size(v.size),
+                str(v.file_count),
+                when(v.created_at),
+                v.digest[:12],
+            )
+        out.print(t)
+        return None
+    rows: list[dict[str, Any]] = []
+    for n in store.names():
+        records = store.catalog.versions(n)
+        if records:
+            newest = records[-1]
+            rows.append(
+                {
+                    "name": n,
+                    "type": newest.type,
+                    "versions": len(records),
+                    "latest": f"v{newest.number}",
+                    "size": newest.size,
+                    "updated": newest.created_at,
+                }
+            )
+    if as_json:
+        return emit_json(rows)
+    t = table("NAME", "TYPE", "VERSIONS", "LATEST", "SIZE", "UPDATED")
+    for r in rows:
+        t.add_row(
+            r["name"], r["type"], str(r["versions"]), r["latest"], human_size(r["size"]), when(r["updated"])
+        )
+    out.print(t)
+    return None
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def info(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show a version: digest, type, aliases, size, description, metadata, producer.
+
+    \b
+    Example:
+      artfs info bike-dataset:latest
+    """
+    v = store_of(ctx).artifact(ref)
+    if as_json:
+        return emit_json(v.to_dict())
+    t = table("", "")
+    t.show_header = False
+    for key, value in [
+        ("version", v.qualified_name),
+        ("type", v.type),
+        ("aliases", ", ".join(v.aliases)),
+        ("digest", v.digest),
+        ("size", f"{human_size(v.size)} in {v.file_count} files"),
+        ("created", f"{when(v.created_at)} by {v.producer.get('user', '?')}@{v.producer.get('host', '?')}"),
+        ("description", v.description),
+    ] + [(f"metadata.{k}", json.dumps(val)) for k, val in sorted(v.metadata.items())]:
+        t.add_row(key, value)
+    out.print(t)
+    return None
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def files(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """List the files of a version with size, mode and content hash.
+
+    \b
+    Example:
+      artfs files bike-dataset:v3 --json
+    """
+    v = store_of(ctx).artifact(ref)
+    if as_json:
+        return emit_json([e.to_dict() for e in v.manifest])
+    t = table("MODE", "SIZE", "HASH", "PATH")
+    for e in v.manifest:
+        if e.kind == "link":
+            t.add_row("link", "", "", f"{e.path} -> {e.target}")
+        elif e.kind == "dir":
+            t.add_row("dir", "", "", f"{e.path}/")
+        else:
+            t.add_row(f"{e.mode:o}", human_size(e.size), e.hash[:12], e.path)
+    out.print(t)
+    return None
+
+
+@main.command()
+@click.argument("a", metavar="NAME:A")
+@click.argument("b", metavar="NAME:B")
+@click.pass_context
+def diff(ctx: click.Context, a: str, b: str) -> None:
+    """Show what changed between two versions (exit 1 when they differ).
+
+    \b
+    Example:
+      artfs diff bike-dataset:v1 bike-dataset:latest
+    """
+    changes = store_of(ctx).diff(a, b)
+    for d in changes:
+        click.echo(str(d))
+    sys.exit(1 if changes else 0)
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.pass_context
+def download(ctx: click.Context, ref: str, dest: Path | None) -> None:
+    """Add a version's files to DEST (default ./artifacts/NAME:vN).
+
+    Files that differ from the version are replaced; files the version does not have are left
+    alone (use checkout to remove them).
+
+    \b
+    Example:
+      artfs download bike-dataset:best ./data
+    """
+    click.echo(store_of(ctx).artifact(ref).download(dest, progress=progress_bar))
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.pass_context
+def checkout(ctx: click.Context, ref: str, dest: Path) -> None:
+    """Make DEST exactly the version: files it does not have are DELETED.
+
+    \b
+    Example:
+      artfs checkout bike-dataset:v2 ./data
+    """
+    click.echo(store_of(ctx).artifact(ref).checkout(dest, progress=progress_bar))
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def verify(ctx: click.Context, ref: str, directory: Path) -> None:
+    """Check DIRECTORY against a version, hashing every file; exit 1 and list the differences
+    (missing, extra, modified, mode, type, target) when it does not match.
+
+    \b
+    Example:
+      artfs verify bike-dataset:latest ./data
+    """
+    v = store_of(ctx).artifact(ref)
+    diffs = v.verify(directory, progress=progress_bar)
+    for d in diffs:
+        click.echo(str(d))
+    if diffs:
+        click.echo(f"{directory} differs from {v.qualified_name} in {len(diffs)} paths", err=True)
+        sys.exit(1)
+    click.echo(f"{directory} matches {v.qualified_name}")
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.argument("aliases", nargs=-1)
+@click.option("--delete", is_flag=True, help="Remove the alias named in NAME:ALIAS.")
+@click.pass_context
+def alias(ctx: click.Context, ref: str, aliases: tuple[str, ...], delete: bool) -> None:
+    """Point ALIAS… at a version, or remove an alias with --delete.
+
+    \b
+    Examples:
+      artfs alias bike-dataset:v3 best prod
+      artfs alias --delete bike-dataset:prod
+    """
+    store = store_of(ctx)
+    if delete:
+        parsed = Ref.parse(ref, default_alias="")
+        if parsed.alias in (None, "") or aliases:
+            raise click.UsageError("--delete takes one NAME:ALIAS and nothing else")
+        if parsed.alias == LATEST:
+            raise InvalidInputError("'latest' moves by itself and cannot be removed")
+        v = store.artifact(ref)
+        v.aliases.remove(parsed.alias)
+        v.save()
+        click.echo(f"removed {parsed.name}:{parsed.alias} (was {v.qualified_name})")
+        return
+    if not aliases:
+        raise click.UsageError("name at least one ALIAS")
+    v = store.artifact(ref)
+    v.aliases.extend(a for a in aliases if a not in v.aliases)
+    v.save()
+    click.echo(f"{v.qualified_name}: {', '.join(v.aliases)}")
+
+
+@main.command()
+@click.argument("ref", metavar="NAME:REF")
+@click.option("--delete-aliases", is_flag=True, help="Also remove the aliases that point at it.")
+@click.pass_context
+def delete(ctx: click.Context, ref: str, delete_aliases: bool) -> None:
+    """Delete a version. Refuses while aliases (other than latest) point at it.
+
+    The version number is never reused; its content is reclaimed by `artfs gc`.
+
+    \b
+    Example:
+      artfs delete bike-dataset:v1 --delete-aliases
+    """
+    v: Version = store_of(ctx).artifact(ref)
+    v.delete(delete_aliases=delete_aliases)
+    click.echo(f"deleted {v.qualified_name}")

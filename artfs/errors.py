@@ -1,0 +1,118 @@
+"""Domain errors: one tree, each class carrying the errno a mount answers and the CLI's exit code.
+
+    ArtfsError                      exit 3, EIO
+    ├── InvalidInputError           exit 2, EINVAL   bad names, refs, paths, options
+    │   ├── InvalidNameError
+    │   ├── InvalidPathError        also raised for hostile manifests on read
+    │   └── UnsupportedSchemeError
+    ├── NotFoundError               exit 4, ENOENT
+    │   ├── ObjectNotFoundError     a key the backend does not have
+    │   ├── ArtifactNotFoundError
+    │   ├── VersionNotFoundError
+    │   ├── StoreNotFoundError      no artfs store at that URL yet
+    │   └── SourceNotFoundError     a local PATH given to push does not exist
+    ├── ConflictError               exit 5, EEXIST
+    │   ├── PreconditionFailedError put-if-absent / compare-and-swap lost
+    │   ├── ArtifactExistsError     --on-conflict error
+    │   ├── TypeMismatchError
+    │   ├── VersionInUseError       aliases still point at a version being deleted
+    │   └── ContentChangedError     a source file changed while it was being pushed
+    ├── CorruptDataError            exit 6, EIO      bytes whose hash does not match their name
+    └── StoreError                  exit 7, EIO
+        └── StoreFormatError        a store written by an incompatible artfs
+
+The CLI turns these into one line on stderr and the exit code; the FUSE layer into the errno.
+Everything else raises domain errors, never bare OSError or ValueError across a module border.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class ArtfsError(Exception):
+    errno = _errno.EIO
+    exit_code = 3
+
+
+class InvalidInputError(ArtfsError):
+    errno = _errno.EINVAL
+    exit_code = 2
+
+
+class InvalidNameError(InvalidInputError):
+    pass
+
+
+class InvalidPathError(InvalidInputError):
+    pass
+
+
+class UnsupportedSchemeError(InvalidInputError):
+    pass
+
+
+class NotFoundError(ArtfsError):
+    errno = _errno.ENOENT
+    exit_code = 4
+
+
+class ObjectNotFoundError(NotFoundError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object {key!r} in the store")
+        self.key = key
+
+
+class ArtifactNotFoundError(NotFoundError):
+    pass
+
+
+class VersionNotFoundError(NotFoundError):
+    pass
+
+
+class StoreNotFoundError(NotFoundError):
+    pass
+
+
+class SourceNotFoundError(NotFoundError):
+    pass
+
+
+class ConflictError(ArtfsError):
+    errno = _errno.EEXIST
+    exit_code = 5
+
+
+class PreconditionFailedError(ConflictError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key!r} was changed concurrently")
+        self.key = key
+
+
+class ArtifactExistsError(ConflictError):
+    pass
+
+
+class TypeMismatchError(ConflictError):
+    pass
+
+
+class VersionInUseError(ConflictError):
+    pass
+
+
+class ContentChangedError(ConflictError):
+    pass
+
+
+class CorruptDataError(ArtfsError):
+    exit_code = 6
+
+
+class StoreError(ArtfsError):
+    exit_code = 7
+
+
+class StoreFormatError(StoreError):
+    pass

@@ -1,0 +1,37 @@
+"""The store's key layout, in one place. Identical on every backend.
+
+config                              format record, read first and checked always
+blobs/ab/abcdef…                    file contents, write-once, named by content hash
+manifests/ab/abcdef…                manifests, write-once, named by the hash of their bytes
+artifacts/<name>/versions/<N>       version record, created with put-if-absent
+artifacts/<name>/aliases/<alias>    alias record, moved with compare-and-swap
+"""
+
+from __future__ import annotations
+
+CONFIG = "config"
+ARTIFACTS = "artifacts/"
+
+
+def blob(content_hash: str) -> str:
+    return f"blobs/{content_hash[:2]}/{content_hash}"
+
+
+def manifest(object_hash: str) -> str:
+    return f"manifests/{object_hash[:2]}/{object_hash}"
+
+
+def versions(name: str) -> str:
+    return f"{ARTIFACTS}{name}/versions/"
+
+
+def version(name: str, number: int) -> str:
+    return f"{versions(name)}{number}"
+
+
+def aliases(name: str) -> str:
+    return f"{ARTIFACTS}{name}/aliases/"
+
+
+def alias(name: str, alias_name: str) -> str:
+    return f"{aliases(name)}{alias_name}"

@@ -1,0 +1,34 @@
+"""Store backends by URL scheme. SDK-backed backends are imported only when used."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from ..errors import UnsupportedSchemeError
+from .base import Backend, ObjectInfo, Payload
+
+__all__ = ["Backend", "ObjectInfo", "Payload", "normalize_url", "open_backend"]
+
+SCHEMES = ("file",)
+
+
+def normalize_url(url: str) -> str:
+    """`/some/dir` and `file:///some/dir` name the same store; other schemes pass through."""
+    if "://" not in url:
+        return f"file://{os.path.abspath(os.path.expanduser(url))}"
+    return url
+
+
+def open_backend(url: str) -> Backend:
+    url = normalize_url(url)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise UnsupportedSchemeError(f"{url}: file URLs take an absolute path: file:///path")
+        from .local import LocalBackend
+
+        return LocalBackend(parsed.path)
+    raise UnsupportedSchemeError(
+        f"{url}: unsupported store scheme {parsed.scheme!r} (supported: {', '.join(SCHEMES)})"
+    )

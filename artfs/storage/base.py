@@ -1,0 +1,108 @@
+"""The Backend contract every store implements (local disk, S3, GCS).
+
+A backend is a flat key → bytes map with two conditional writes, which are all the catalog needs
+to be safe with many writers and no server: `put(if_absent=True)` claims a key exactly once, and
+`put(if_match=etag)` replaces a value only if nobody changed it since it was read. Implementations
+provide the abstract methods; conveniences are derived here. Keys are `/`-separated, never start
+with `/` or `.`, and are listed in sorted order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..errors import ObjectNotFoundError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A whole object and the etag to pass to `put(if_match=…)` to replace exactly this value."""
+
+    data: bytes
+    etag: str
+
+
+class Backend(ABC):
+    url: str
+
+    @abstractmethod
+    def get(self, key: str) -> Payload:
+        """Whole object with its etag; ObjectNotFoundError if missing."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to `length` bytes from `start` (fewer only at the end of the object)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> str:
+        """Store `data` atomically and return its etag.
+
+        if_absent: fail with PreconditionFailedError if the key exists.
+        if_match:  fail with PreconditionFailedError unless the key exists with this etag.
+        """
+
+    @abstractmethod
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, if_absent: bool = False) -> str:
+        """Store a large object read from `stream` (which may raise to abort: nothing becomes
+        visible then). Atomic like `put`."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and etag; ObjectNotFoundError if missing."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, sorted by key."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str) -> Iterator[str]:
+        """The next path component of every key below `prefix` (which ends in `/`), sorted."""
+
+    @abstractmethod
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove a key; a missing key is not an error unless `if_match` is given."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """True when retrying the failed call may succeed (throttling, 5xx, resets, timeouts)."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and file handles."""
+
+    # -- conveniences derived from the contract ----------------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def get_json(self, key: str) -> tuple[Any, str]:
+        payload = self.get(key)
+        return json.loads(payload.data), payload.etag
+
+    def put_json(self, key: str, doc: Any, **conditions: Any) -> str:
+        data = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
+        return self.put(key, data, **conditions)
+
+    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> str:
+        with open(path, "rb") as f:
+            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, if_absent=if_absent)
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,186 @@
+"""A store on a local (or locally mounted) filesystem: `file:///path`.
+
+Atomicity: every write goes to a hidden temp file in the target directory, is fsynced, then
+linked (put-if-absent: `link` fails on an existing name) or renamed (replace) into place, and the
+directory is fsynced. Compare-and-swap holds an exclusive `flock` on the key's directory while
+it compares and renames, so it is atomic across processes. Etags are content hashes, so a
+compare-and-swap succeeds exactly when the value is the one the caller read.
+Temp files start with "." and are never listed; anything left behind by a crash is garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import xxhash
+
+from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError
+from ..names import validate_path
+from .base import Backend, ObjectInfo, Payload
+
+CHUNK = 4 * 1024 * 1024
+
+
+def _etag(data: bytes | bytearray | memoryview) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _dir_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_path(key)
+
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Turn OS errors into domain errors that name the store and the key."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise ObjectNotFoundError(key) from None
+        except NotADirectoryError:
+            raise ObjectNotFoundError(key) from None
+        except OSError as e:
+            hint = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise StoreError(f"{self.url}: {key}: {e.strerror}{hint}") from None
+
+    def get(self, key: str) -> Payload:
+        with self._errors(key):
+            data = self._path(key).read_bytes()
+        return Payload(data, _etag(data))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        with self._errors(key):
+            fd = os.open(self._path(key), os.O_RDONLY)
+            try:
+                return os.pread(fd, length, start)
+            finally:
+                os.close(fd)
+
+    def _write_tmp(self, path: Path, chunks: Iterator[bytes | memoryview]) -> tuple[Path, str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        hasher = xxhash.xxh3_64()
+        try:
+            with open(tmp, "xb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    hasher.update(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, hasher.hexdigest()
+
+    def _commit(self, key: str, path: Path, tmp: Path, if_absent: bool, if_match: str | None) -> None:
+        try:
+            if if_absent:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise PreconditionFailedError(key) from None
+            elif if_match is not None:
+                with _dir_lock(path.parent):
+                    if self._current_etag(path) != if_match:
+                        raise PreconditionFailedError(key)
+                    os.replace(tmp, path)
+            else:
+                os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _current_etag(self, path: Path) -> str | None:
+        try:
+            return _etag(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> str:
+        path = self._path(key)
+        with self._errors(key):
+            tmp, etag = self._write_tmp(path, iter([data]))
+            self._commit(key, path, tmp, if_absent, if_match)
+        return etag
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, if_absent: bool = False) -> str:
+        path = self._path(key)
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+
+        with self._errors(key):
+            tmp, etag = self._write_tmp(path, chunks())
+            self._commit(key, path, tmp, if_absent, None)
+        return etag
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        with self._errors(key):
+            data = path.read_bytes()
+        return ObjectInfo(key, len(data), _etag(data))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        top = self.root / prefix.rpartition("/")[0]
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                key = name if rel == "." else f"{rel}/{name}"
+                if not name.startswith(".") and key.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+        return iter(sorted(found, key=lambda o: o.key))
+
+    def list_dirs(self, prefix: str) -> Iterator[str]:
+        try:
+            names = os.listdir(self.root / prefix)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        return iter(sorted(n for n in names if not n.startswith(".")))
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        path = self._path(key)
+        with self._errors(key):
+            if if_match is None:
+                path.unlink(missing_ok=True)
+                return
+            if not path.parent.is_dir():
+                raise PreconditionFailedError(key)
+            with _dir_lock(path.parent):
+                if self._current_etag(path) != if_match:
+                    raise PreconditionFailedError(key)
+                path.unlink()

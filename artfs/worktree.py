@@ -1,0 +1,239 @@
+"""A directory on local disk and how it relates to a version: scan it, fill it, compare it.
+
+- `scan` turns a directory into sources for a push (files, relative in-tree symlinks, empty
+  directories); symlinks leaving the tree are followed when they name a file.
+- `materialize` writes a version into a directory: missing or different files are written through
+  a temp file and renamed into place, so an interrupted download never leaves a half file;
+  `prune` then removes what the version does not have (checkout).
+- `compare` lists every difference between a directory and a version (verify).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .blobs import BlobStore
+from .digest import DEFAULT_BLOCK_SIZE, hash_file
+from .errors import InvalidPathError, SourceNotFoundError
+from .manifest import Difference, Entry, Manifest, normal_mode
+from .names import join_path, validate_link_target
+from .progress import ProgressFactory, silent
+
+WORKERS = min(16, (os.cpu_count() or 2) * 2)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One path of an artifact being built, and where its content comes from."""
+
+    path: str
+    kind: str = "file"  # file | link | dir
+    local: Path | None = None
+    target: str = ""
+
+
+def scan(root: Path, prefix: str | None = None, *, follow: bool = True) -> Iterator[Source]:
+    """Sources for every file, symlink and empty directory below `root`.
+
+    follow: store what a symlink leaving the tree points at (push); else report it as it is.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceNotFoundError(f"{root}: no such directory")
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        if rel_dir and not dirnames and not filenames:
+            yield Source(join_path(prefix, rel_dir), "dir")
+        linked_dirs = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in sorted(filenames) + linked_dirs:
+            local = Path(dirpath) / name
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            yield _source(local, join_path(prefix, rel), rel, follow)
+
+
+def _source(local: Path, path: str, rel: str, follow: bool = True) -> Source:
+    st = local.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(local)
+        if not follow:
+            return Source(path, "link", target=target)
+        try:
+            return Source(path, "link", target=validate_link_target(rel, target))
+        except InvalidPathError:
+            pass  # leaves the tree: store what it points at instead
+        if local.is_file():
+            return Source(path, "file", local)
+        raise InvalidPathError(
+            f"{local}: symlink to {target!r} leaves the directory and is not a file; "
+            "push its target separately"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidPathError(f"{local}: not a regular file, directory or symlink")
+    return Source(path, "file", local)
+
+
+def source_for(local: Path, name: str | None = None) -> Source:
+    """A single local file added under `name` (default: its basename)."""
+    if not local.exists() and not local.is_symlink():
+        raise SourceNotFoundError(f"{local}: no such file")
+    if local.is_dir():
+        raise InvalidPathError(f"{local} is a directory; add it as a directory")
+    path = join_path(None, name) if name and not name.endswith("/") else join_path(name, local.name)
+    return _source(local, path, os.path.basename(path))
+
+
+def hash_sources(sources: list[Source], block_size: int, progress: ProgressFactory = silent) -> list[Entry]:
+    """Manifest entries for sources, hashing files on a pool of threads."""
+
+    def entry(src: Source) -> Entry:
+        if src.kind != "file":
+            return Entry(src.path, src.kind, target=src.target)
+        assert src.local is not None
+        st = os.stat(src.local)
+        digest = hash_file(src.local, block_size)
+        bar.update(digest.size)
+        return Entry(
+            src.path, "file", digest.size, normal_mode(st.st_mode), digest.hash, digest.blocks, st.st_mtime_ns
+        )
+
+    total = sum(os.stat(s.local).st_size for s in sources if s.local is not None)
+    with progress(total=total, desc="hashing") as bar, ThreadPoolExecutor(WORKERS) as pool:
+        return list(pool.map(entry, sources))
+
+
+# -- writing a version into a directory --------------------------------------------------------
+def _ensure_dir(root: Path, rel: str) -> Path:
+    """mkdir -p that replaces anything non-directory on the way, so a symlink in the destination
+    can never redirect a write outside it."""
+    here = root
+    for part in rel.split("/") if rel else []:
+        here = here / part
+        try:
+            st = here.lstat()
+        except FileNotFoundError:
+            here.mkdir()
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            here.unlink()
+            here.mkdir()
+    return here
+
+
+def _is_current(local: Path, entry: Entry) -> bool:
+    """rsync's quick check: same type, size and mtime (and mode) means the file is already there."""
+    try:
+        st = local.lstat()
+    except FileNotFoundError:
+        return False
+    if entry.kind == "link":
+        return stat.S_ISLNK(st.st_mode) and os.readlink(local) == entry.target
+    if entry.kind == "dir":
+        return stat.S_ISDIR(st.st_mode)
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == entry.size
+        and st.st_mtime_ns == entry.mtime
+        and normal_mode(st.st_mode) == entry.mode
+    )
+
+
+def _remove(local: Path) -> None:
+    if local.is_dir() and not local.is_symlink():
+        shutil.rmtree(local)
+    elif local.exists() or local.is_symlink():
+        local.unlink()
+
+
+def _write_file(blobs: BlobStore, entry: Entry, local: Path, bar: object) -> None:
+    tmp = local.parent / f".{local.name}.artfs-tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for block in blobs.iter_blocks(entry):
+                f.write(block)
+                bar.update(len(block))  # type: ignore[attr-defined]
+        os.chmod(tmp, entry.mode)
+        os.utime(tmp, ns=(entry.mtime, entry.mtime))
+        if local.is_dir() and not local.is_symlink():
+            shutil.rmtree(local)
+        os.replace(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def materialize(blobs: BlobStore, manifest: Manifest, root: Path, progress: ProgressFactory = silent) -> int:
+    """Make every entry of `manifest` present in `root`; return how many were written."""
+    root.mkdir(parents=True, exist_ok=True)
+    todo = [e for e in manifest if not _is_current(root / e.path, e)]
+    for e in todo:
+        parent = _ensure_dir(root, e.path.rpartition("/")[0])
+        local = parent / e.path.rpartition("/")[2]
+        if e.kind == "dir":
+            _ensure_dir(root, e.path)
+        elif e.kind == "link":
+            _remove(local)
+            os.symlink(e.target, local)
+    files = [e for e in todo if e.is_file]
+    with (
+        progress(total=sum(e.size for e in files), desc="downloading") as bar,
+        ThreadPoolExecutor(WORKERS) as pool,
+    ):
+        for _ in pool.map(lambda e: _write_file(blobs, e, root / e.path, bar), files):
+            pass
+    return len(todo)
+
+
+def prune(manifest: Manifest, root: Path) -> int:
+    """Remove everything below `root` that `manifest` does not have; return how many."""
+    keep_dirs = {p for e in manifest for p in _parents(e.path)} | {
+        e.path for e in manifest if e.kind == "dir"
+    }
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in filenames + dirnames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            local = Path(dirpath) / name
+            if rel in manifest or (rel in keep_dirs and local.is_dir() and not local.is_symlink()):
+                continue
+            _remove(local)
+            removed += 1
+    return removed
+
+
+def _parents(path: str) -> Iterator[str]:
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
+
+
+# -- comparing ---------------------------------------------------------------------------------
+def compare(manifest: Manifest, root: Path, progress: ProgressFactory = silent) -> list[Difference]:
+    """Every difference between `root` and `manifest`, hashing each local file in full."""
+    local = {s.path: s for s in scan(root, follow=False)}
+    diffs = [Difference(e.path, "missing") for e in manifest if e.path not in local]
+    diffs += [Difference(p, "extra") for p in local if p not in manifest]
+    files: list[tuple[Entry, Source]] = []
+    for want in manifest:
+        have = local.get(want.path)
+        if have is None:
+            continue
+        if want.kind != have.kind:
+            diffs.append(Difference(want.path, "type"))
+        elif want.kind == "link" and want.target != have.target:
+            diffs.append(Difference(want.path, "target"))
+        elif want.is_file:
+            files.append((want, have))
+    hashed = hash_sources([have for _, have in files], manifest.block_size or DEFAULT_BLOCK_SIZE, progress)
+    for (want, _), got in zip(files, hashed, strict=True):
+        if want.hash != got.hash:
+            diffs.append(Difference(want.path, "modified"))
+        elif want.mode != got.mode:
+            diffs.append(Difference(want.path, "mode"))
+    return sorted(diffs, key=lambda d: d.path)

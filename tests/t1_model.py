@@ -1,0 +1,156 @@
+"""Layer 1: the model — names, refs, paths, hashing, manifests and digests. No store involved."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
+
+from artfs.digest import StreamHasher, hash_file
+from artfs.errors import CorruptDataError, InvalidNameError, InvalidPathError
+from artfs.manifest import Entry, Manifest
+from artfs.names import Ref, validate_alias, validate_link_target, validate_name, validate_path
+
+
+@pytest.mark.parametrize("name", ["bike-dataset", "a", "A.b_c-9", "x" * 128])
+def test_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".x", "a/b", "a:b", "a b", "x" * 129, "é", "a\0"])
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("alias", ["v3", "3", "V3x"[:2].lower(), "v0"])
+def test_alias_cannot_look_like_a_version(alias: str) -> None:
+    with pytest.raises(InvalidNameError):
+        validate_alias(alias)
+
+
+def test_refs() -> None:
+    assert Ref.parse("bike:v3") == Ref("bike", number=3)
+    assert Ref.parse("bike:3") == Ref("bike", number=3)
+    assert Ref.parse("bike:best") == Ref("bike", alias="best")
+    assert Ref.parse("bike") == Ref("bike", alias="latest")
+    assert str(Ref.parse("bike:v3")) == "bike:v3"
+    with pytest.raises(InvalidNameError):
+        Ref.parse("bike:bad alias")
+
+
+@pytest.mark.parametrize(
+    "path", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/.", "", "a\0b", "a/", "\ud800"]
+)
+def test_hostile_paths_rejected(path: str) -> None:
+    with pytest.raises(InvalidPathError):
+        validate_path(path)
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_paths_from_safe_parts_are_accepted(parts: list[str]) -> None:
+    path = "/".join(parts)
+    if any(p in (".", "..") for p in parts):
+        with pytest.raises(InvalidPathError):
+            validate_path(path)
+    else:
+        assert validate_path(path) == path
+
+
+def test_link_targets_stay_inside() -> None:
+    assert validate_link_target("a/b", "../c") == "../c"
+    for target in ["../../c", "/etc", "../.."]:
+        with pytest.raises(InvalidPathError):
+            validate_link_target("a/b", target)
+
+
+@given(st.binary(max_size=5000), st.lists(st.integers(1, 700), max_size=20))
+def test_stream_hasher_independent_of_chunking(data: bytes, cuts: list[int]) -> None:
+    h = StreamHasher(block_size=1024)
+    pos = 0
+    for c in cuts:
+        h.update(data[pos : pos + c])
+        pos += c
+    h.update(data[pos:])
+    d = h.digest()
+    assert d.hash == xxhash.xxh3_128_hexdigest(data)  # same as xxh128sum
+    assert d.size == len(data)
+    if len(data) > 1024:
+        assert d.blocks == tuple(
+            xxhash.xxh3_128_hexdigest(data[i : i + 1024]) for i in range(0, len(data), 1024)
+        )
+    else:
+        assert d.blocks == ()
+
+
+def test_hash_file_matches_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    (tmp_path / "f").write_bytes(data)
+    d = hash_file(tmp_path / "f", block_size=1024 * 1024)
+    assert d.hash == xxhash.xxh3_128_hexdigest(data)
+    assert len(d.blocks) == 4
+
+
+def entry(path: str, h: str = "ab" * 16, mode: int = 0o644, mtime: int = 0) -> Entry:
+    return Entry(path, "file", 1, mode, h, (), mtime)
+
+
+def test_digest_ignores_order_and_mtime_but_not_content_mode_or_path() -> None:
+    a = Manifest.build([entry("x"), entry("y/z")])
+    assert Manifest.build([entry("y/z", mtime=5), entry("x", mtime=9)]).digest == a.digest
+    assert Manifest.build([entry("x", h="cd" * 16), entry("y/z")]).digest != a.digest
+    assert Manifest.build([entry("x", mode=0o755), entry("y/z")]).digest != a.digest
+    assert Manifest.build([entry("x2"), entry("y/z")]).digest != a.digest
+
+
+def test_manifest_round_trip_and_canonical_bytes() -> None:
+    m = Manifest.build(
+        [
+            entry("b"),
+            Entry("a/l", "link", target="../b"),
+            Entry("e", "dir"),
+            Entry("big", "file", 10, 0o755, "ef" * 16, ("01" * 16, "02" * 16), 7),
+        ]
+    )
+    again = Manifest.from_bytes(m.to_bytes())
+    assert again == m and again.to_bytes() == m.to_bytes()
+    assert [e.path for e in again] == ["a/l", "b", "big", "e"]
+
+
+def test_manifest_rejects_conflicts() -> None:
+    with pytest.raises(InvalidPathError):
+        Manifest.build([entry("a"), entry("a")])
+    with pytest.raises(InvalidPathError):
+        Manifest.build([entry("a"), entry("a/b")])
+
+
+@pytest.mark.parametrize("path", ["../escape", "/abs", "a/../../b", "x\u0000y"])
+def test_hostile_manifest_rejected_on_read(path: str) -> None:
+    entry = {"kind": "file", "path": path, "size": 1, "mode": 420, "hash": "ab" * 16, "mtime": 0}
+    doc = {"format": 1, "block_size": 4194304, "entries": [entry]}
+    with pytest.raises(InvalidPathError):
+        Manifest.from_bytes(json.dumps(doc).encode())
+
+
+def test_escaping_symlink_in_manifest_rejected_on_read() -> None:
+    doc = b'{"format":1,"block_size":4194304,"entries":[{"kind":"link","path":"a","target":"../../etc"}]}'
+    with pytest.raises(InvalidPathError):
+        Manifest.from_bytes(doc)
+
+
+@pytest.mark.parametrize(
+    "junk", [b"not json", b'{"format":2,"entries":[]}', b'{"format":1,"entries":[{"path":"a"}]}']
+)
+def test_malformed_manifest_is_corrupt_data(junk: bytes) -> None:
+    with pytest.raises(CorruptDataError):
+        Manifest.from_bytes(junk)

@@ -1,0 +1,146 @@
+"""Layer 2: the Backend contract (one conformance suite every backend runs unchanged) and the
+catalog's behaviour under concurrent writers from separate processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from artfs.errors import ObjectNotFoundError, PreconditionFailedError
+from artfs.storage import Backend, open_backend
+
+from .conftest import make_tree, run_cli
+
+
+def test_put_get_stat(backend: Backend) -> None:
+    etag = backend.put("a/b/c", b"hello")
+    got = backend.get("a/b/c")
+    assert got.data == b"hello" and got.etag == etag
+    assert backend.stat("a/b/c").size == 5 and backend.stat("a/b/c").etag == etag
+    assert backend.exists("a/b/c") and not backend.exists("a/b/d")
+
+
+def test_missing_keys(backend: Backend) -> None:
+    with pytest.raises(ObjectNotFoundError):
+        backend.get("nope")
+    with pytest.raises(ObjectNotFoundError):
+        backend.stat("nope/x")
+    with pytest.raises(ObjectNotFoundError):
+        backend.get_range("nope", 0, 10)
+    backend.delete("nope")  # deleting what is not there is fine
+
+
+def test_get_range(backend: Backend) -> None:
+    backend.put("r", bytes(range(100)))
+    assert backend.get_range("r", 10, 5) == bytes(range(10, 15))
+    assert backend.get_range("r", 95, 50) == bytes(range(95, 100))
+
+
+def test_put_if_absent_claims_once(backend: Backend) -> None:
+    backend.put("k", b"first", if_absent=True)
+    with pytest.raises(PreconditionFailedError):
+        backend.put("k", b"second", if_absent=True)
+    assert backend.get("k").data == b"first"
+
+
+def test_put_if_match_is_compare_and_swap(backend: Backend) -> None:
+    e1 = backend.put("k", b"1")
+    e2 = backend.put("k", b"2", if_match=e1)
+    with pytest.raises(PreconditionFailedError):
+        backend.put("k", b"3", if_match=e1)  # stale etag
+    assert backend.get("k").data == b"2"
+    with pytest.raises(PreconditionFailedError):
+        backend.put("missing", b"x", if_match=e2)
+    with pytest.raises(PreconditionFailedError):
+        backend.delete("k", if_match=e1)
+    backend.delete("k", if_match=e2)
+    assert not backend.exists("k")
+
+
+def test_list_and_list_dirs(backend: Backend) -> None:
+    for key in ["p/b/1", "p/a/2", "p/a/1", "q/1", "pz"]:
+        backend.put(key, key.encode())
+    assert [o.key for o in backend.list("p/")] == ["p/a/1", "p/a/2", "p/b/1"]
+    assert [o.key for o in backend.list("p/a")] == ["p/a/1", "p/a/2"]
+    assert [o.size for o in backend.list("q/")] == [3]
+    assert list(backend.list_dirs("p/")) == ["a", "b"]
+    assert list(backend.list("none/")) == [] and list(backend.list_dirs("none/")) == []
+
+
+class Exploding(io.RawIOBase):
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.sent > 3:
+            raise RuntimeError("source went away")
+        self.sent += 1
+        return b"x" * 1000
+
+
+def test_aborted_stream_leaves_nothing_visible(backend: Backend) -> None:
+    with pytest.raises(RuntimeError):
+        backend.put_stream("big", Exploding(), 10_000, if_absent=True)  # type: ignore[arg-type]
+    assert not backend.exists("big")
+    assert list(backend.list("")) == []
+
+
+def test_put_stream_and_file(backend: Backend, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40_000
+    (tmp_path / "f").write_bytes(data)
+    backend.put_file("blob", tmp_path / "f", if_absent=True)
+    assert backend.get("blob").data == data
+    with pytest.raises(PreconditionFailedError):
+        backend.put_file("blob", tmp_path / "f", if_absent=True)
+
+
+RACE = """
+import sys
+from artfs.storage import open_backend
+b = open_backend(sys.argv[1])
+for i in range(50):
+    while True:
+        p = b.get("counter")
+        try:
+            b.put("counter", str(int(p.data) + 1).encode(), if_match=p.etag)
+            break
+        except Exception as e:
+            if type(e).__name__ != "PreconditionFailedError":
+                raise
+"""
+
+
+def test_compare_and_swap_loses_no_update_across_processes(backend_url: str) -> None:
+    backend = open_backend(backend_url)
+    backend.put("counter", b"0")
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, backend_url]) for _ in range(6)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert backend.get("counter").data == b"300"
+
+
+def test_eight_concurrent_pushes_make_eight_versions(backend_url: str, tmp_path: Path) -> None:
+    dirs = [make_tree(tmp_path / f"src{i}", {"data.txt": f"content {i}"}) for i in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "artfs", "--store", backend_url, "push", "shared", str(d)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for d in dirs
+    ]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(outs) == [f"shared:v{i}" for i in range(8)]
+    listing = json.loads(run_cli("ls", "shared", "--json", store=backend_url).stdout)
+    assert sorted(v["number"] for v in listing) == list(range(8))
+    assert len({v["digest"] for v in listing}) == 8  # none overwritten by another
+    info = json.loads(run_cli("info", "shared:latest", "--json", store=backend_url).stdout)
+    assert info["number"] == 7

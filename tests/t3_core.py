@@ -1,0 +1,336 @@
+"""Layer 3: the core through the Python API on a real local store (no FUSE)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import artfs
+from artfs import keys
+from artfs.digest import hash_file
+from artfs.errors import (
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    ContentChangedError,
+    CorruptDataError,
+    InvalidPathError,
+    StoreError,
+    StoreFormatError,
+    StoreNotFoundError,
+    TypeMismatchError,
+    VersionInUseError,
+    VersionNotFoundError,
+)
+
+from .conftest import make_tree
+
+BLOCK = 64 * 1024
+
+
+@pytest.fixture
+def small_block_store(tmp_path: Path) -> artfs.Store:
+    """A store whose config says 64 KiB blocks, so multi-block files stay small in tests."""
+    root = tmp_path / "sb-store"
+    root.mkdir()
+    (root / "config").write_text(json.dumps({"format": 1, "hash": "xxh3-128", "block_size": BLOCK}))
+    return artfs.Store(f"file://{root}")
+
+
+def count(store: artfs.Store, prefix: str) -> int:
+    return sum(1 for _ in store.backend.list(prefix))
+
+
+def push_dir(store: artfs.Store, name: str, root: Path, **kw) -> artfs.Version:  # type: ignore[no-untyped-def]
+    art = artfs.Artifact(name, type=kw.pop("type", None), metadata=kw.pop("metadata", None))
+    art.add_dir(root)
+    return store.log_artifact(art, **kw)
+
+
+def test_versions_dedup_and_unchanged(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.csv": "1,2\n", "b/c.txt": "c", "b/d.bin": os.urandom(1000)})
+    v0 = push_dir(store, "ds", src)
+    assert (v0.version, v0.created, v0.aliases) == ("v0", True, ["latest"])
+    assert count(store, "blobs/") == 3
+
+    again = push_dir(store, "ds", src)
+    assert (again.version, again.created) == ("v0", False)
+    assert count(store, "artifacts/ds/versions/") == 1
+
+    (src / "a.csv").write_text("1,2\n3,4\n")
+    v1 = push_dir(store, "ds", src)
+    assert v1.version == "v1" and v1.digest != v0.digest
+    assert count(store, "blobs/") == 4  # exactly one new blob
+    assert store.artifact("ds:latest").version == "v1"
+    assert store.artifact("ds").version == "v1"
+    assert store.artifact("ds:0").digest == v0.digest
+    assert [d.path for d in store.diff("ds:v0", "ds:v1")] == ["a.csv"]
+
+
+def test_blobs_shared_across_artifacts(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"x": "same bytes"})
+    push_dir(store, "one", src)
+    push_dir(store, "two", src)
+    assert count(store, "blobs/") == 1
+
+
+def test_unchanged_push_still_adds_aliases(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"x": "1"})
+    push_dir(store, "ds", src)
+    v = push_dir(store, "ds", src, aliases=["best"])
+    assert not v.created and set(v.aliases) == {"latest", "best"}
+
+
+def test_add_file_and_add_dir_name_rules(store: artfs.Store, tmp_path: Path) -> None:
+    make_tree(tmp_path, {"models/model.h5": "m", "imgs/1.png": "p", "imgs/sub/2.png": "q"})
+    art = artfs.Artifact("rules", type="model")
+    assert art.add_file(tmp_path / "models/model.h5") == "model.h5"
+    assert art.add_file(tmp_path / "models/model.h5", name="a/") == "a/model.h5"
+    assert art.add_file(tmp_path / "models/model.h5", name="b/renamed.h5") == "b/renamed.h5"
+    assert sorted(art.add_dir(tmp_path / "imgs", name="images")) == ["images/1.png", "images/sub/2.png"]
+    with art.new_file("notes/hello.txt") as f:
+        f.write("hello")
+    with pytest.raises(InvalidPathError):
+        art.add_file(tmp_path / "models/model.h5")  # model.h5 again
+    v = store.log_artifact(art)
+    assert [f.path for f in v.files()] == [
+        "a/model.h5",
+        "b/renamed.h5",
+        "images/1.png",
+        "images/sub/2.png",
+        "model.h5",
+        "notes/hello.txt",
+    ]
+    assert v.open("notes/hello.txt").read() == b"hello"
+    assert v.type == "model"
+
+
+def test_metadata_description_and_save(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"x": "1"})
+    v = push_dir(store, "ds", src, metadata={"rows": 1})
+    v.metadata["rows"] = 2
+    v.description = "fixed"
+    v.aliases.append("prod")
+    v.save()
+    again = store.artifact("ds:prod")
+    assert (again.metadata, again.description, again.version) == ({"rows": 2}, "fixed", "v0")
+    stale = store.artifact("ds:v0")
+    again.metadata["k"] = "first"
+    again.save()
+    stale.metadata["k"] = "second"
+    with pytest.raises(artfs.ConflictError):
+        stale.save()  # would silently overwrite the first change
+    assert store.artifact("ds:v0").metadata["k"] == "first"
+    again.aliases.remove("prod")
+    again.save()
+    with pytest.raises(VersionNotFoundError):
+        store.artifact("ds:prod")
+
+
+def test_on_conflict_policies(store: artfs.Store, tmp_path: Path) -> None:
+    a = make_tree(tmp_path / "a", {"x": "a"})
+    b = make_tree(tmp_path / "b", {"x": "b"})
+    push_dir(store, "ds", a, aliases=["best"])
+    skipped = push_dir(store, "ds", b, on_conflict="skip")
+    assert not skipped.created and skipped.version == "v0"
+    with pytest.raises(ArtifactExistsError):
+        push_dir(store, "ds", b, on_conflict="error")
+    assert count(store, "artifacts/ds/versions/") == 1
+    v1 = push_dir(store, "ds", b, on_conflict="replace")
+    assert v1.version == "v1"
+    assert [v.version for v in store.versions("ds")] == ["v1"]
+    with pytest.raises(VersionNotFoundError):
+        store.artifact("ds:best")
+    with pytest.raises(VersionNotFoundError):
+        store.artifact("ds:v0")
+
+
+def test_type_mismatch(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"x": "1"})
+    push_dir(store, "ds", src, type="dataset")
+    (src / "x").write_text("2")
+    with pytest.raises(TypeMismatchError):
+        push_dir(store, "ds", src, type="model")
+    assert push_dir(store, "ds", src).type == "dataset"  # inherited
+
+
+def test_delete_semantics(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"x": "0"})
+    for i in range(3):
+        (src / "x").write_text(str(i))
+        push_dir(store, "ds", src, aliases=["best"] if i == 1 else [])
+    with pytest.raises(VersionInUseError):
+        store.artifact("ds:v1").delete()
+    store.artifact("ds:v1").delete(delete_aliases=True)
+    assert [v.version for v in store.versions("ds")] == ["v0", "v2"]
+    store.artifact("ds:v2").delete()  # only `latest` names it: latest moves back
+    assert store.artifact("ds:latest").version == "v0"
+    (src / "x").write_text("new")
+    assert push_dir(store, "ds", src).version == "v3"  # numbers are never reused
+    with pytest.raises(VersionNotFoundError):
+        store.artifact("ds:v2")
+    with pytest.raises(ArtifactNotFoundError):
+        store.artifact("nothing:v0")
+
+
+def test_download_checkout_verify(small_block_store: artfs.Store, tmp_path: Path) -> None:
+    store = small_block_store
+    big = os.urandom(5 * BLOCK + 123)
+    src = make_tree(
+        tmp_path / "src",
+        {
+            "big.bin": big,
+            "run.sh": "#!/bin/sh\n",
+            "dir/link": "->../run.sh",
+            "empty": None,
+            "dir/a b é.txt": "x",
+        },
+    )
+    os.chmod(src / "run.sh", 0o755)
+    v = push_dir(store, "ds", src)
+    assert len(v.get_path("big.bin").entry.blocks) == 6
+
+    dest = make_tree(tmp_path / "dest", {"extra.txt": "keep me", "big.bin": "stale"})
+    v.download(dest)
+    assert (dest / "big.bin").read_bytes() == big
+    assert (dest / "extra.txt").exists()  # download leaves extras
+    assert os.access(dest / "run.sh", os.X_OK) and os.readlink(dest / "dir/link") == "../run.sh"
+    assert (dest / "empty").is_dir()
+    assert [(d.path, d.change) for d in v.verify(dest)] == [("extra.txt", "extra")]
+
+    (dest / "dir/a b é.txt").write_text("y")
+    os.chmod(dest / "run.sh", 0o644)
+    (dest / "big.bin").unlink()
+    assert {(d.path, d.change) for d in v.verify(dest)} == {
+        ("extra.txt", "extra"),
+        ("dir/a b é.txt", "modified"),
+        ("run.sh", "mode"),
+        ("big.bin", "missing"),
+    }
+
+    v.checkout(dest)
+    assert v.verify(dest) == [] and not (dest / "extra.txt").exists()
+    assert hash_file(dest / "big.bin").hash == v.get_path("big.bin").hash
+
+
+def test_open_reads_any_range(small_block_store: artfs.Store, tmp_path: Path) -> None:
+    data = os.urandom(3 * BLOCK + 10)
+    src = make_tree(tmp_path / "src", {"f": data, "l": "->f"})
+    v = push_dir(small_block_store, "ds", src)
+    with v.open("l") as f:
+        f.seek(BLOCK - 5)
+        assert f.read(BLOCK + 10) == data[BLOCK - 5 : 2 * BLOCK + 5]
+        f.seek(-4, os.SEEK_END)
+        assert f.read() == data[-4:]
+    assert v.get_path("f").download(tmp_path / "one") == str(tmp_path / "one/f")
+    assert (tmp_path / "one/f").read_bytes() == data
+
+
+def test_corrupt_or_missing_blob_is_detected(small_block_store: artfs.Store, tmp_path: Path) -> None:
+    store = small_block_store
+    data = os.urandom(2 * BLOCK)
+    src = make_tree(tmp_path / "src", {"f": data, "g": "small"})
+    v = push_dir(store, "ds", src)
+    blob = Path(store.backend.root) / keys.blob(v.get_path("f").hash)  # type: ignore[attr-defined]
+    raw = bytearray(blob.read_bytes())
+    raw[BLOCK + 7] ^= 1
+    blob.write_bytes(bytes(raw))
+    with v.open("f") as f:
+        assert f.read(100) == data[:100]  # the intact block is still served
+        f.seek(BLOCK)
+        with pytest.raises(CorruptDataError, match="block 1 is corrupt"):
+            f.read(10)
+    with pytest.raises(CorruptDataError):
+        v.download(tmp_path / "out")
+    assert not (tmp_path / "out/f").exists()  # no half-written file
+    (Path(store.backend.root) / keys.blob(v.get_path("g").hash)).unlink()  # type: ignore[attr-defined]
+    with pytest.raises(CorruptDataError, match="missing"):
+        v.open("g").read()
+
+
+def test_hostile_manifest_in_store_is_rejected(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"x": "1"})
+    v = push_dir(store, "ds", src)
+    evil = json.dumps(
+        {
+            "format": 1,
+            "block_size": 4 << 20,
+            "entries": [
+                {
+                    "kind": "file",
+                    "path": "../../escaped",
+                    "size": 1,
+                    "mode": 420,
+                    "hash": v.files()[0].hash,
+                    "mtime": 0,
+                }
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    from artfs.digest import hash_bytes
+
+    h = hash_bytes(evil)
+    store.backend.put(keys.manifest(h), evil)
+    rec = json.loads(store.backend.get(keys.version("ds", 0)).data)
+    rec["manifest"] = h
+    store.backend.put(keys.version("ds", 0), json.dumps(rec).encode())
+    with pytest.raises(InvalidPathError):
+        store.artifact("ds:v0").download(tmp_path / "out" / "deep")
+    assert not (tmp_path / "out" / "escaped").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_corrupt_manifest_detected_by_name(store: artfs.Store, tmp_path: Path) -> None:
+    v = push_dir(store, "ds", make_tree(tmp_path / "src", {"x": "1"}))
+    key = keys.manifest(json.loads(store.backend.get(keys.version("ds", 0)).data)["manifest"])
+    store.backend.put(key, store.backend.get(key).data.replace(b'"x"', b'"y"'))
+    with pytest.raises(CorruptDataError, match="corrupt"):
+        store.artifact("ds:v0").files()
+    assert v.version == "v0"
+
+
+def test_file_changed_during_push_is_not_stored(store: artfs.Store, tmp_path: Path) -> None:
+    f = make_tree(tmp_path, {"f": "original"}) / "f"
+    digest = hash_file(f)
+    f.write_text("changed!")  # same size, different content: changed between hash and upload
+    store._open(write=True)
+    with pytest.raises(ContentChangedError):
+        store.blobs.upload(f, digest)
+    assert not store.blobs.has(digest.hash)
+
+
+def test_store_format_is_checked(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / "config").write_text('{"format": 99, "hash": "xxh3-128", "block_size": 4194304}')
+    with pytest.raises(StoreFormatError, match="format 99"):
+        artfs.Store(str(root)).names()
+
+
+def test_explicit_store_is_not_created_by_reads(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFoundError):
+        artfs.Store(f"file://{tmp_path}/typo").names()
+    assert not (tmp_path / "typo").exists()
+
+
+def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ARTFS_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    store = artfs.Store()
+    assert store.names() == []  # created on first use
+    config = json.loads((tmp_path / "xdg/artfs/store/config").read_text())
+    assert config == {"format": 1, "hash": "xxh3-128", "block_size": 4 << 20}
+
+
+def test_disk_full_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
+    store = artfs.Store(f"file://{small_disk}/store")
+    src = make_tree(tmp_path / "src", {"small": "fits"})
+    push_dir(store, "ds", src)
+    (src / "big").write_bytes(os.urandom(2 << 20))
+    with pytest.raises(StoreError, match="disk full"):
+        push_dir(store, "ds", src)
+    assert [v.version for v in store.versions("ds")] == ["v0"]
+    leftovers = [p for p in small_disk.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []

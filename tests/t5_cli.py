@@ -1,0 +1,169 @@
+"""Layer 5: the `artfs` command as people and scripts use it (real processes, real store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_tree, run_cli
+
+COMMANDS = ["push", "ls", "info", "files", "diff", "download", "checkout", "verify", "alias", "delete"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    r = run_cli(command, "--help")
+    assert r.returncode == 0
+    assert "Example" in r.stdout and f"artfs {command}" in r.stdout
+
+
+def test_top_level_help_documents_exit_codes() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0 and "Exit codes" in r.stdout
+    for c in COMMANDS:
+        assert c in r.stdout
+
+
+def test_push_ls_info_files_json(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.csv": "x,y\n", "sub/b.txt": "b"})
+    readme = make_tree(tmp_path, {"README.md": "hi"}) / "README.md"
+    r = run_cli(
+        "push",
+        "bike",
+        str(src),
+        str(readme),
+        "-t",
+        "dataset",
+        "-d",
+        "first",
+        "-m",
+        "rows=2",
+        "-m",
+        "source=survey",
+        "-a",
+        "best",
+        store=store_url,
+    )
+    assert (r.returncode, r.stdout.strip()) == (0, "bike:v0"), r.stderr
+    r = run_cli("push", "bike", str(src), str(readme), store=store_url)
+    assert (r.returncode, r.stdout.strip()) == (0, "unchanged: bike:v0")
+
+    names = json.loads(run_cli("ls", "--json", store=store_url).stdout)
+    assert [(n["name"], n["type"], n["versions"], n["latest"]) for n in names] == [
+        ("bike", "dataset", 1, "v0")
+    ]
+    info = json.loads(run_cli("info", "bike:best", "--json", store=store_url).stdout)
+    assert info["metadata"] == {"rows": 2, "source": "survey"} and info["description"] == "first"
+    assert sorted(info["aliases"]) == ["best", "latest"] and len(info["digest"]) == 32
+    files = json.loads(run_cli("files", "bike:v0", "--json", store=store_url).stdout)
+    assert [f["path"] for f in files] == ["README.md", "a.csv", "sub/b.txt"]
+    human = run_cli("ls", "bike", store=store_url).stdout
+    assert "VERSION" in human and "best" in human and "v0" in human
+
+
+def test_file_added_twice_is_an_error(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.csv": "1"})
+    r = run_cli("push", "bike", str(src / "a.csv"), str(src / "a.csv"), store=store_url)
+    assert r.returncode == 2 and "already added" in r.stderr
+
+
+def test_download_verify_checkout_diff_exit_codes(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1", "b": "2"})
+    run_cli("push", "ds", str(src), store=store_url)
+    (src / "a").write_text("changed")
+    run_cli("push", "ds", str(src), store=store_url)
+
+    r = run_cli("diff", "ds:v0", "ds:v1", store=store_url)
+    assert r.returncode == 1 and r.stdout.split() == ["modified", "a"]
+    assert run_cli("diff", "ds:v1", "ds:latest", store=store_url).returncode == 0
+
+    out = tmp_path / "out"
+    assert run_cli("download", "ds:v0", str(out), store=store_url).returncode == 0
+    assert run_cli("verify", "ds:v0", str(out), store=store_url).returncode == 0
+    r = run_cli("verify", "ds:v1", str(out), store=store_url)
+    assert r.returncode == 1 and "modified a" in " ".join(r.stdout.split())
+    (out / "extra").write_text("x")
+    assert run_cli("checkout", "ds:v1", str(out), store=store_url).returncode == 0
+    assert not (out / "extra").exists()
+    assert run_cli("verify", "ds:v1", str(out), store=store_url).returncode == 0
+
+    r = run_cli("download", "ds:v1", store=store_url, cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "artifacts/ds:v1/a").read_text() == "changed"
+
+
+def test_alias_and_delete(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    run_cli("push", "ds", str(src), store=store_url)
+    (src / "a").write_text("2")
+    run_cli("push", "ds", str(src), store=store_url)
+    assert run_cli("alias", "ds:v0", "best", "prod", store=store_url).returncode == 0
+    assert json.loads(run_cli("info", "ds:prod", "--json", store=store_url).stdout)["number"] == 0
+    assert run_cli("alias", "ds:v1", "best", store=store_url).returncode == 0  # aliases move
+    assert json.loads(run_cli("info", "ds:best", "--json", store=store_url).stdout)["number"] == 1
+
+    r = run_cli("delete", "ds:v0", store=store_url)
+    assert r.returncode == 5 and "prod" in r.stderr
+    assert run_cli("alias", "--delete", "ds:prod", store=store_url).returncode == 0
+    assert run_cli("delete", "ds:v0", store=store_url).returncode == 0
+    assert run_cli("info", "ds:v0", store=store_url).returncode == 4
+    r = run_cli("alias", "--delete", "ds:latest", store=store_url)
+    assert r.returncode == 2 and "latest" in r.stderr
+
+
+def test_on_conflict_exit_codes(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    run_cli("push", "ds", str(src), store=store_url)
+    (src / "a").write_text("2")
+    r = run_cli("push", "ds", str(src), "--on-conflict", "skip", store=store_url)
+    assert (r.returncode, r.stdout.strip()) == (1, "unchanged: ds:v0")
+    r = run_cli("push", "ds", str(src), "--on-conflict", "error", store=store_url)
+    assert r.returncode == 5 and "already exists" in r.stderr
+    r = run_cli("push", "ds", str(src), "--on-conflict", "replace", store=store_url)
+    assert (r.returncode, r.stdout.strip()) == (0, "ds:v1")
+    assert [v["version"] for v in json.loads(run_cli("ls", "ds", "--json", store=store_url).stdout)] == ["v1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["push", "bad name", "."], 2, "invalid artifact name"),
+        (["push", "ds", "/does/not/exist"], 4, "no such file"),
+        (["push", "ds", ".", "-a", "v3"], 2, "version number"),
+        (["push", "ds", ".", "-m", "novalue"], 2, "KEY=VALUE"),
+        (["info", "ds:v9"], 4, "ds"),
+        (["info", "nothing:latest"], 4, "no artifact named 'nothing'"),
+        (["info", "ds:no-such-alias"], 4, "no alias"),
+        (["--store", "ftp://host/x", "ls"], 2, "unsupported store scheme"),
+        (["push", "ds", ".", "--on-conflict", "maybe"], 2, "Invalid value"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    store_url: str, tmp_path: Path, args: list[str], code: int, needle: str
+) -> None:
+    make_tree(tmp_path / "src", {"a": "1"})
+    run_cli("push", "ds", str(tmp_path / "src"), store=store_url)
+    r = run_cli(*args, store=store_url, cwd=tmp_path / "src")
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    if code != 2 or not needle.startswith("Invalid"):
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_store_with_other_format_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    root.mkdir()
+    (root / "config").write_text('{"format": 2, "hash": "xxh3-128", "block_size": 4194304}')
+    r = run_cli("--store", f"file://{root}", "ls")
+    assert r.returncode == 7 and "format 2" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_default_store_and_env(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "ARTFS_STORE": ""}
+    assert run_cli("push", "ds", str(src), env=env).returncode == 0
+    assert (tmp_path / "xdg/artfs/store/config").exists()
+    r = run_cli("--store", str(tmp_path / "other"), "ls", env=env)
+    assert r.returncode == 4 and "no artfs store" in r.stderr
