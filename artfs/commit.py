@@ -68,7 +68,8 @@ def upload_missing(
                 blobs.upload(local, FileDigest(e.hash, e.size, e.blocks))
                 bar.update(e.size)
 
-            list(pool.map(upload, missing))
+            with blobs.backend.batch():
+                list(pool.map(upload, missing))
     return len(missing)
 
 

@@ -63,11 +63,11 @@ class StreamHasher:
 
 
 def hash_file(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE) -> FileDigest:
-    """Hash a file in one pass with a reused buffer (no per-chunk allocation)."""
+    """Hash a file in one pass, reusing one buffer no larger than the file (small files are many)."""
     hasher = StreamHasher(block_size)
-    buf = bytearray(block_size)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        buf = bytearray(min(block_size, os.fstat(f.fileno()).st_size + 1))
+        view = memoryview(buf)
         while n := f.readinto(buf):
             hasher.update(view[:n])
     return hasher.digest()

@@ -334,3 +334,28 @@ def test_disk_full_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
     assert [v.version for v in store.versions("ds")] == ["v0"]
     leftovers = [p for p in small_disk.rglob("*") if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_progress_is_reported_for_transfers(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": os.urandom(3000), "b/c": os.urandom(5000)})
+    seen: dict[str, list[int]] = {}
+
+    class Recorder:
+        def __init__(self, *, total: int, desc: str) -> None:
+            self.desc = desc
+            seen[desc] = [total, 0]
+
+        def update(self, n: int) -> None:
+            seen[self.desc][1] += n
+
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    art = artfs.Artifact("ds")
+    art.add_dir(src)
+    v = store.log_artifact(art, progress=Recorder)
+    v.download(tmp_path / "out", progress=Recorder)
+    assert seen == {"hashing": [8000, 8000], "uploading": [8000, 8000], "downloading": [8000, 8000]}

@@ -9,6 +9,7 @@ with `/` or `.`, and are listed in sorted order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -73,6 +74,12 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         """Remove a key; a missing key is not an error unless `if_match` is given."""
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Group many write-once `put_stream(if_absent=True)` calls (content-addressed blobs):
+        they may become visible only when the block ends, and a key that already exists is kept
+        without an error. Lets a backend pay for durability once per batch, not once per object."""
+        return contextlib.nullcontext()
 
     def is_transient(self, exc: BaseException) -> bool:
         """True when retrying the failed call may succeed (throttling, 5xx, resets, timeouts)."""

@@ -6,15 +6,21 @@ directory is fsynced. Compare-and-swap holds an exclusive `flock` on the key's d
 it compares and renames, so it is atomic across processes. Etags are content hashes, so a
 compare-and-swap succeeds exactly when the value is the one the caller read.
 Temp files start with "." and are never listed; anything left behind by a crash is garbage.
+
+Within `batch()`, blobs skip the per-file fsyncs (≈0.25 ms each here, the whole cost of pushing
+many small files): data goes to temp files, one syncfs makes it all durable, then the names are
+linked in and a second syncfs makes them durable. A name never appears before its data is safe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +36,20 @@ CHUNK = 4 * 1024 * 1024
 
 def _etag(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the whole filesystem holding `path` (one call instead of one fsync per file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,6 +74,8 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
+        self._batch: list[tuple[Path, Path]] | None = None
+        self._batch_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         return self.root / validate_path(key)
@@ -84,7 +106,9 @@ class LocalBackend(Backend):
             finally:
                 os.close(fd)
 
-    def _write_tmp(self, path: Path, chunks: Iterator[bytes | memoryview]) -> tuple[Path, str]:
+    def _write_tmp(
+        self, path: Path, chunks: Iterator[bytes | memoryview], durable: bool = True
+    ) -> tuple[Path, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         hasher = xxhash.xxh3_64()
@@ -94,7 +118,8 @@ class LocalBackend(Backend):
                     f.write(chunk)
                     hasher.update(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -135,13 +160,45 @@ class LocalBackend(Backend):
         path = self._path(key)
 
         def chunks() -> Iterator[bytes]:
-            while chunk := stream.read(CHUNK):
+            done = 0
+            # Ask for what is left (+1 to see the end): a 4 MiB read of a 4 KiB file costs an
+            # allocation that dominates pushing many small files.
+            while chunk := stream.read(min(CHUNK, size - done + 1)):
+                done += len(chunk)
                 yield chunk
 
         with self._errors(key):
-            tmp, etag = self._write_tmp(path, chunks())
-            self._commit(key, path, tmp, if_absent, None)
+            deferred = self._batch is not None and if_absent
+            tmp, etag = self._write_tmp(path, chunks(), durable=not deferred)
+            if deferred:
+                with self._batch_lock:
+                    assert self._batch is not None
+                    self._batch.append((tmp, path))
+            else:
+                self._commit(key, path, tmp, if_absent, None)
         return etag
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._batch is not None:  # nested: the outer batch publishes
+            yield
+            return
+        pending: list[tuple[Path, Path]] = []
+        self._batch = pending
+        try:
+            yield
+            self._batch = None
+            if pending:
+                with self._errors("blobs/"):
+                    _syncfs(self.root)
+                    for tmp, path in pending:
+                        with contextlib.suppress(FileExistsError):  # write-once: same bytes
+                            os.link(tmp, path)
+                    _syncfs(self.root)
+        finally:
+            self._batch = None
+            for tmp, _ in pending:
+                tmp.unlink(missing_ok=True)
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
