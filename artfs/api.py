@@ -22,7 +22,7 @@ from .blobs import BlobStore
 from .catalog import Catalog, VersionRecord
 from .commit import commit
 from .config import StoreConfig, default_store_url
-from .errors import InvalidInputError, InvalidPathError, NotFoundError
+from .errors import ArtifactNotFoundError, InvalidInputError, InvalidPathError, NotFoundError
 from .manifest import Difference, Entry, Manifest
 from .names import LATEST, Ref, validate_alias, validate_name, validate_path
 from .progress import ProgressFactory, silent
@@ -76,7 +76,7 @@ class Store:
         catalog = self.catalog
         records = catalog.versions(validate_name(name))
         if not records and not catalog.numbers(name):
-            raise NotFoundError(f"no artifact named {name!r}")
+            raise ArtifactNotFoundError(f"no artifact named {name!r}")
         held = _aliases_by_version(catalog.aliases(name))
         return [Version(self, r, "", held.get(r.number, [])) for r in records]
 

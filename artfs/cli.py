@@ -116,6 +116,10 @@ def main(ctx: click.Context, store: str | None, verbose: int) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+ref_argument = click.argument("ref", metavar="NAME:REF")
+
+
 def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for item in items:
@@ -198,7 +202,7 @@ def push(
 
 @main.command("ls")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List artifacts, or the versions of NAME with their aliases.
@@ -252,8 +256,8 @@ def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@ref_argument
+@json_option
 @click.pass_context
 def info(ctx: click.Context, ref: str, as_json: bool) -> None:
     """Show a version: digest, type, aliases, size, description, metadata, producer.
@@ -282,8 +286,8 @@ def info(ctx: click.Context, ref: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@ref_argument
+@json_option
 @click.pass_context
 def files(ctx: click.Context, ref: str, as_json: bool) -> None:
     """List the files of a version with size, mode and content hash.
@@ -325,7 +329,7 @@ def diff(ctx: click.Context, a: str, b: str) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
+@ref_argument
 @click.argument("dest", required=False, type=click.Path(path_type=Path))
 @click.pass_context
 def download(ctx: click.Context, ref: str, dest: Path | None) -> None:
@@ -342,7 +346,7 @@ def download(ctx: click.Context, ref: str, dest: Path | None) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
+@ref_argument
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.pass_context
 def checkout(ctx: click.Context, ref: str, dest: Path) -> None:
@@ -356,7 +360,7 @@ def checkout(ctx: click.Context, ref: str, dest: Path) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
+@ref_argument
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.pass_context
 def verify(ctx: click.Context, ref: str, directory: Path) -> None:
@@ -378,7 +382,7 @@ def verify(ctx: click.Context, ref: str, directory: Path) -> None:
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
+@ref_argument
 @click.argument("aliases", nargs=-1)
 @click.option("--delete", is_flag=True, help="Remove the alias named in NAME:ALIAS.")
 @click.pass_context
@@ -411,7 +415,7 @@ def alias(ctx: click.Context, ref: str, aliases: tuple[str, ...], delete: bool) 
 
 
 @main.command()
-@click.argument("ref", metavar="NAME:REF")
+@ref_argument
 @click.option("--delete-aliases", is_flag=True, help="Also remove the aliases that point at it.")
 @click.pass_context
 def delete(ctx: click.Context, ref: str, delete_aliases: bool) -> None:
