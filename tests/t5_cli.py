@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import make_tree, run_cli
+from .conftest import ARTFS, make_tree, run_cli
 
 COMMANDS = ["push", "ls", "info", "files", "diff", "download", "checkout", "verify", "alias", "delete"]
 
@@ -167,3 +171,27 @@ def test_default_store_and_env(tmp_path: Path) -> None:
     assert (tmp_path / "xdg/artfs/store/config").exists()
     r = run_cli("--store", str(tmp_path / "other"), "ls", env=env)
     assert r.returncode == 4 and "no artfs store" in r.stderr
+
+
+def test_push_killed_mid_upload_leaves_no_version(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"small": "s"})
+    assert run_cli("push", "ds", str(src), store=store_url).returncode == 0
+    with open(src / "big", "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(4 << 20))
+    store_root = Path(store_url.removeprefix("file://"))
+    proc = subprocess.Popen([*ARTFS, "--store", store_url, "push", "ds", str(src)])
+    deadline = time.monotonic() + 60
+    while not any(store_root.glob("blobs/*/.*.tmp")):  # the upload has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "push ended before it could be killed"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    versions = json.loads(run_cli("ls", "ds", "--json", store=store_url).stdout)
+    assert [v["version"] for v in versions] == ["v0"]  # nothing partial became visible
+    r = run_cli("push", "ds", str(src), store=store_url)
+    assert (r.returncode, r.stdout.strip()) == (0, "ds:v1"), r.stderr
+    out = tmp_path / "out"
+    assert run_cli("checkout", "ds:v1", str(out), store=store_url).returncode == 0
+    assert run_cli("verify", "ds:v1", str(src), store=store_url).returncode == 0
