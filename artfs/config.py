@@ -27,10 +27,6 @@ def default_store_url() -> str:
     )
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ARTFS_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "artfs")
-
-
 @dataclass(frozen=True)
 class StoreConfig:
     """Written once when a store is created; every open checks it before touching anything."""

@@ -14,7 +14,6 @@ touching mtimes or re-ordering inputs does not make a new version.
 from __future__ import annotations
 
 import json
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,14 +53,6 @@ class Entry:
     @property
     def is_file(self) -> bool:
         return self.kind == "file"
-
-    @property
-    def st_mode(self) -> int:
-        if self.kind == "link":
-            return stat.S_IFLNK | 0o777
-        if self.kind == "dir":
-            return stat.S_IFDIR | 0o755
-        return stat.S_IFREG | self.mode
 
     def identity(self) -> str:
         """What the digest covers: kind, mode, content, path (never mtime)."""

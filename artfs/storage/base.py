@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,10 +102,6 @@ class Backend(ABC):
     def put_json(self, key: str, doc: Any, **conditions: Any) -> str:
         data = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
         return self.put(key, data, **conditions)
-
-    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> str:
-        with open(path, "rb") as f:
-            return self.put_stream(key, f, os.fstat(f.fileno()).st_size, if_absent=if_absent)
 
     def __enter__(self) -> Backend:
         return self
