@@ -83,8 +83,7 @@ class Store:
     def artifact(self, ref: str) -> Version:
         """The version `ref` names: `name:v3`, `name:3`, `name:alias`, or `name` (= latest)."""
         catalog = self.catalog
-        rec = catalog.resolve(Ref.parse(ref))
-        rec, etag = catalog.read(rec.name, rec.number)
+        rec, etag = catalog.resolve_with_etag(Ref.parse(ref))
         held = _aliases_by_version(catalog.aliases(rec.name))
         return Version(self, rec, etag, held.get(rec.number, []))
 

@@ -128,6 +128,10 @@ class Catalog:
 
     def resolve(self, ref: Ref) -> VersionRecord:
         """The live version a ref names, or ArtifactNotFoundError / VersionNotFoundError."""
+        return self.resolve_with_etag(ref)[0]
+
+    def resolve_with_etag(self, ref: Ref) -> tuple[VersionRecord, str]:
+        """`resolve`, plus the etag to update the record with (`update`)."""
         name = ref.name
         number = ref.number
         if number is None:
@@ -141,13 +145,13 @@ class Catalog:
             self._require_artifact(name)
             raise VersionNotFoundError(f"{name} has no alias {ref.alias!r}")
         try:
-            rec, _ = self.read(name, number)
+            rec, etag = self.read(name, number)
         except VersionNotFoundError:
             self._require_artifact(name)
             raise
         if rec.state != COMMITTED:
             raise VersionNotFoundError(f"{rec.label} was deleted")
-        return rec
+        return rec, etag
 
     def _require_artifact(self, name: str) -> None:
         if not self.numbers(name):
