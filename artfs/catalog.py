@@ -244,8 +244,8 @@ class Catalog:
                 _backoff(attempt)
         # If `latest` named it, move `latest` back to the newest live version (only if it still
         # names the deleted one: a commit racing with us may have moved it forward already).
-        live = self.versions(name)
         if self._alias_target(name, LATEST) == number:
+            live = self.versions(name)
             if live:
                 self._move_latest_back(name, number, live[-1].number)
             else:

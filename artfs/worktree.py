@@ -23,7 +23,7 @@ from .digest import DEFAULT_BLOCK_SIZE, hash_file
 from .errors import InvalidPathError, SourceNotFoundError
 from .manifest import Difference, Entry, Manifest, normal_mode
 from .names import join_path, validate_link_target
-from .progress import ProgressFactory, silent
+from .progress import Bar, ProgressFactory, silent
 
 WORKERS = min(16, (os.cpu_count() or 2) * 2)
 
@@ -92,18 +92,19 @@ def source_for(local: Path, name: str | None = None) -> Source:
 def hash_sources(sources: list[Source], block_size: int, progress: ProgressFactory = silent) -> list[Entry]:
     """Manifest entries for sources, hashing files on a pool of threads."""
 
+    stats = {s.path: os.stat(s.local) for s in sources if s.local is not None}
+
     def entry(src: Source) -> Entry:
-        if src.kind != "file":
+        if src.local is None:
             return Entry(src.path, src.kind, target=src.target)
-        assert src.local is not None
-        st = os.stat(src.local)
+        st = stats[src.path]
         digest = hash_file(src.local, block_size)
         bar.update(digest.size)
         return Entry(
             src.path, "file", digest.size, normal_mode(st.st_mode), digest.hash, digest.blocks, st.st_mtime_ns
         )
 
-    total = sum(os.stat(s.local).st_size for s in sources if s.local is not None)
+    total = sum(st.st_size for st in stats.values())
     with progress(total=total, desc="hashing") as bar, ThreadPoolExecutor(WORKERS) as pool:
         return list(pool.map(entry, sources))
 
@@ -151,13 +152,13 @@ def _remove(local: Path) -> None:
         local.unlink()
 
 
-def _write_file(blobs: BlobStore, entry: Entry, local: Path, bar: object) -> None:
+def _write_file(blobs: BlobStore, entry: Entry, local: Path, bar: Bar) -> None:
     tmp = local.parent / f".{local.name}.artfs-tmp"
     try:
         with open(tmp, "wb") as f:
             for block in blobs.iter_blocks(entry):
                 f.write(block)
-                bar.update(len(block))  # type: ignore[attr-defined]
+                bar.update(len(block))
         os.chmod(tmp, entry.mode)
         os.utime(tmp, ns=(entry.mtime, entry.mtime))
         if local.is_dir() and not local.is_symlink():

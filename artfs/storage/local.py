@@ -7,9 +7,11 @@ it compares and renames, so it is atomic across processes. Etags are content has
 compare-and-swap succeeds exactly when the value is the one the caller read.
 Temp files start with "." and are never listed; anything left behind by a crash is garbage.
 
-Within `batch()`, blobs skip the per-file fsyncs (≈0.25 ms each here, the whole cost of pushing
-many small files): data goes to temp files, one syncfs makes it all durable, then the names are
-linked in and a second syncfs makes them durable. A name never appears before its data is safe.
+Within `batch()`, blobs skip the per-file fsyncs (≈0.23 ms each here; 10,000 small files paid
+more for fsync than for anything but creating the files): data goes to temp files, one syncfs
+makes it all durable, then the names are linked in and a second syncfs makes them durable. A name
+never appears before its data is safe. One batch per backend object at a time; a batch entered
+while another is open joins it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def _etag(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _syncfs(path: Path) -> None:
     """Flush the whole filesystem holding `path` (one call instead of one fsync per file)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -47,9 +52,6 @@ def _syncfs(path: Path) -> None:
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -180,7 +182,7 @@ class LocalBackend(Backend):
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        if self._batch is not None:  # nested: the outer batch publishes
+        if self._batch is not None:  # joins the open batch, which publishes
             yield
             return
         pending: list[tuple[Path, Path]] = []
