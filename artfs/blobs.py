@@ -43,6 +43,14 @@ class _VerifyingReader(io.RawIOBase):
         return data
 
 
+def check_block(entry: Entry, index: int, block_size: int, data: bytes, where: str) -> None:
+    """Raise CorruptDataError (and log an error naming the blob) unless `data` is block `index`."""
+    _, length, expected = entry.block(index, block_size)
+    if len(data) != length or hash_bytes(data) != expected:
+        log.error("blob %s block %d of %r is corrupt in %s", entry.hash, index, entry.path, where)
+        raise CorruptDataError(f"{entry.path}: blob {entry.hash} block {index} is corrupt")
+
+
 class BlobStore:
     def __init__(self, backend: Backend, block_size: int) -> None:
         self.backend = backend
@@ -62,8 +70,7 @@ class BlobStore:
 
     def read_block(self, entry: Entry, index: int) -> bytes:
         """Block `index` of a file's content, verified against the manifest."""
-        start = index * self.block_size
-        length = min(self.block_size, entry.size - start)
+        start, length, _ = entry.block(index, self.block_size)
         if length <= 0:
             return b""
         try:
@@ -71,19 +78,15 @@ class BlobStore:
         except ObjectNotFoundError:
             log.error("blob %s of %r is missing from %s", entry.hash, entry.path, self.backend.url)
             raise CorruptDataError(f"{entry.path}: blob {entry.hash} is missing from the store") from None
-        expected = entry.blocks[index] if entry.blocks else entry.hash
-        if len(data) != length or hash_bytes(data) != expected:
-            log.error(
-                "blob %s block %d of %r is corrupt in %s", entry.hash, index, entry.path, self.backend.url
-            )
-            raise CorruptDataError(f"{entry.path}: blob {entry.hash} block {index} is corrupt")
+        check_block(entry, index, self.block_size, data, self.backend.url)
         return data
 
-    def block_count(self, entry: Entry) -> int:
-        return -(-entry.size // self.block_size)
+    def local_path(self, content_hash: str) -> str | None:
+        """Where the blob can be read in place (a file:// store), else None."""
+        return self.backend.local_path(keys.blob(content_hash))
 
     def iter_blocks(self, entry: Entry) -> Iterator[bytes]:
-        for i in range(self.block_count(entry)):
+        for i in range(entry.block_count(self.block_size)):
             yield self.read_block(entry, i)
 
     def read(self, entry: Entry, offset: int, size: int) -> bytes:

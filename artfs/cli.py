@@ -19,6 +19,9 @@ from rich.table import Table
 
 from . import __version__
 from .api import Artifact, Store, Version
+from .cache import BlockCache, parse_size
+from .config import default_cache_dir
+from .daemon import MountOptions, check_mountpoint, foreground_argv, serve, start_detached, unmount
 from .errors import ArtfsError, InvalidInputError
 from .logs import setup as setup_logging
 from .names import LATEST, Ref
@@ -430,3 +433,199 @@ def delete(ctx: click.Context, ref: str, delete_aliases: bool) -> None:
     v: Version = store_of(ctx).artifact(ref)
     v.delete(delete_aliases=delete_aliases)
     click.echo(f"deleted {v.qualified_name}")
+
+
+class SizeParam(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except InvalidInputError as e:
+            self.fail(str(e), param, ctx)
+
+
+cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_cache_dir,
+    envvar="ARTFS_CACHE",
+    show_default="$ARTFS_CACHE or $XDG_CACHE_HOME/artfs",
+    help="Block cache, shared by every mount and store of this user.",
+)
+in_place_option = click.option(
+    "--in-place/--no-in-place",
+    default=True,
+    show_default=True,
+    help="Read a file:// store's blobs where they lie; --no-in-place copies blocks into the cache "
+    "(for a store on a slow network filesystem).",
+)
+
+
+@main.command()
+@click.argument("mountpoint", metavar="MNT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (systemd, debugging).")
+@click.option(
+    "--cache-size",
+    type=SizeParam(),
+    envvar="ARTFS_CACHE_SIZE",
+    help="Hard budget for the block cache, e.g. 50G (default: a quarter of the free disk space).",
+)
+@cache_dir_option
+@in_place_option
+@click.option("--allow-other", is_flag=True, help="Let other users read the mount (needs user_allow_other).")
+@click.pass_context
+def mount(
+    ctx: click.Context,
+    mountpoint: Path,
+    foreground: bool,
+    cache_size: int | None,
+    cache_dir: Path,
+    in_place: bool,
+    allow_other: bool,
+) -> None:
+    """Mount the store read-only at MNT: every version and alias is a directory.
+
+    \b
+      MNT/NAME:vN/…        the files of version N, fetched lazily as they are read
+      MNT/NAME:ALIAS/…     the version ALIAS names now (latest, best, …)
+      MNT/.artfs/          JSON about the mount, its cache and each version
+
+    Starts a daemon in the background and returns once the mount is ready (its log goes to
+    $XDG_STATE_HOME/artfs/logs/). Stop it with `artfs umount MNT`.
+
+    \b
+    Example:
+      artfs mount ~/artifacts && ls ~/artifacts && cp -r ~/artifacts/bike-dataset:latest ./data
+    """
+    store = store_of(ctx)
+    store.catalog  # noqa: B018 - opens (or, for the embedded store, creates) it before mounting
+    options = MountOptions(
+        store.url, str(mountpoint.absolute()), str(cache_dir), cache_size, in_place, allow_other
+    )
+    if foreground:
+        store.close()
+        serve(options)
+        return
+    check_mountpoint(options.mountpoint)
+    verbosity = ctx.parent.params["verbose"] if ctx.parent else 0
+    log_file = start_detached(foreground_argv(options, verbosity), options.mountpoint)
+    click.echo(f"mounted {store.url} on {options.mountpoint} (log: {log_file})")
+
+
+@main.command()
+@click.argument("mountpoint", metavar="MNT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+def umount(mountpoint: Path, timeout: float) -> None:
+    """Unmount MNT and wait until its daemon has exited.
+
+    Fails (exit 5) while a process has a file or directory open in the mount.
+
+    \b
+    Example:
+      artfs umount ~/artifacts
+    """
+    unmount(str(mountpoint), timeout)
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and manage the local block cache.
+
+    Blocks fetched by mounts are kept in one cache per user, shared by every version (content is
+    stored once). Pinned versions are never evicted.
+    """
+
+
+def open_cache(ctx: click.Context, cache_dir: Path) -> BlockCache:
+    return BlockCache(cache_dir, store_of(ctx).blobs.block_size)
+
+
+@cache.command("info")
+@cache_dir_option
+@json_option
+@click.pass_context
+def cache_info(ctx: click.Context, cache_dir: Path, as_json: bool) -> None:
+    """Show where the cache is, how much it holds and what is pinned.
+
+    \b
+    Example:
+      artfs cache info
+    """
+    c = open_cache(ctx.parent or ctx, cache_dir)
+    blobs = c.scan()
+    pins = c.pins()
+    doc: dict[str, Any] = {
+        "dir": str(c.root),
+        "blobs": len(blobs),
+        "bytes": sum(b.bytes for b in blobs),
+        "pinned": [{"store": p.store, "version": p.version, "blobs": len(p.blobs)} for p in pins],
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"cache:  {doc['dir']}")
+    click.echo(f"holds:  {human_size(doc['bytes'])} in {doc['blobs']} blobs")
+    for p in pins:
+        click.echo(f"pinned: {p.version} ({len(p.blobs)} blobs) from {p.store}")
+
+
+@cache.command("prune")
+@cache_dir_option
+@click.option("--to", "target", type=SizeParam(), default="0", help="Keep at most this much (default: 0).")
+@click.pass_context
+def cache_prune(ctx: click.Context, cache_dir: Path, target: int) -> None:
+    """Evict cached blobs, least recently used first, down to --to.
+
+    Pinned versions and files open in a mount are kept.
+
+    \b
+    Example:
+      artfs cache prune --to 10G
+    """
+    count, freed = open_cache(ctx.parent or ctx, cache_dir).prune(target)
+    click.echo(f"evicted {count} blobs, {human_size(freed)}")
+
+
+@cache.command("pin")
+@ref_argument
+@cache_dir_option
+@in_place_option
+@click.pass_context
+def cache_pin(ctx: click.Context, ref: str, cache_dir: Path, in_place: bool) -> None:
+    """Fetch a whole version into the cache and keep it there (offline use).
+
+    \b
+    Example:
+      artfs cache pin bike-dataset:best
+    """
+    store = store_of(ctx)
+    v = store.artifact(ref)
+    blobs = store.blobs
+    if in_place and blobs.local_path(v.digest) is not None:
+        click.echo(f"{store.url} is read in place: {v.qualified_name} is always available here")
+        return
+    c = open_cache(ctx, cache_dir)
+    fetched = c.pin(store.url, v.qualified_name, v.manifest, blobs.read_block, progress_bar)
+    click.echo(f"pinned {v.qualified_name} (fetched {human_size(fetched)})")
+
+
+@cache.command("unpin")
+@ref_argument
+@cache_dir_option
+@click.pass_context
+def cache_unpin(ctx: click.Context, ref: str, cache_dir: Path) -> None:
+    """Let a pinned version be evicted again.
+
+    \b
+    Example:
+      artfs cache unpin bike-dataset:best
+    """
+    store = store_of(ctx)
+    label = store.artifact(ref).qualified_name
+    if not open_cache(ctx, cache_dir).unpin(store.url, label):
+        click.echo(f"{label} was not pinned")
+        sys.exit(1)
+    click.echo(f"unpinned {label}")

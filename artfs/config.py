@@ -27,6 +27,16 @@ def default_store_url() -> str:
     )
 
 
+def default_cache_dir() -> Path:
+    """`$ARTFS_CACHE`, else `$XDG_CACHE_HOME/artfs`: one cache per user, shared by every store."""
+    return Path(os.environ.get("ARTFS_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "artfs")
+
+
+def state_dir() -> Path:
+    """Where detached daemons write their logs: `$XDG_STATE_HOME/artfs`."""
+    return _xdg("XDG_STATE_HOME", ".local/state") / "artfs"
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """Written once when a store is created; every open checks it before touching anything."""

@@ -54,6 +54,15 @@ class Entry:
     def is_file(self) -> bool:
         return self.kind == "file"
 
+    def block(self, index: int, block_size: int) -> tuple[int, int, str]:
+        """Offset, length and expected hash of block `index` of this file's content."""
+        start = index * block_size
+        length = max(0, min(block_size, self.size - start))
+        return start, length, self.blocks[index] if self.blocks else self.hash
+
+    def block_count(self, block_size: int) -> int:
+        return -(-self.size // block_size)
+
     def identity(self) -> str:
         """What the digest covers: kind, mode, content, path (never mtime)."""
         what = self.target if self.kind == "link" else self.hash

@@ -84,6 +84,10 @@ class Backend(ABC):
         """True when retrying the failed call may succeed (throttling, 5xx, resets, timeouts)."""
         return False
 
+    def local_path(self, key: str) -> str | None:
+        """A path where the object can be read in place on this machine, or None."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and file handles."""
 

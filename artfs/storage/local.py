@@ -208,6 +208,9 @@ class LocalBackend(Backend):
             data = path.read_bytes()
         return ObjectInfo(key, len(data), _etag(data))
 
+    def local_path(self, key: str) -> str | None:
+        return str(self._path(key))
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

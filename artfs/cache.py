@@ -1,0 +1,418 @@
+"""The local block cache, shared by every mount and process of a user, and in-place blob reads.
+
+Layout under the cache directory (`$ARTFS_CACHE`, default `$XDG_CACHE_HOME/artfs`):
+
+    blocks/<block_size>/ab/<hash>            a sparse file the size of the blob
+    blocks/<block_size>/ab/<hash>.present    one byte per block: 1 = the block was written
+    pins/<store-id>-<name>:v<N>.json         blobs a pinned version needs; never evicted
+
+Blobs are content-addressed, so blocks are shared by every version and every store that holds the
+same bytes, and a cache key can never go stale.
+
+Every byte served has been verified: a block is checked against the manifest's hash when it is
+fetched, and a block read back from the cache file is checked again the first time each process
+touches it after opening the blob. That is what makes the cache crash-safe without an fsync per
+block: a block torn by a crash fails its hash, is dropped and fetched again.
+
+Eviction is by whole blob, least recently opened first, down to 90% of the budget. A process that
+has a blob open holds a shared `flock` on its cache file and an evictor (any process) needs an
+exclusive one, so blocks in use are never evicted. When nothing can be evicted, new blocks are
+served without being cached: the budget is a hard limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from .blobs import check_block
+from .errors import CorruptDataError, InvalidInputError
+from .manifest import Entry
+from .progress import ProgressFactory, silent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache-size is given
+EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
+INLINE_BLOCK = 256 * 1024  # local blocks up to this size are verified without a thread hop
+
+
+class BlobFile(ABC):
+    """The bytes of one blob on local disk. A block is served only after it has been verified
+    in this process; `load` (blocking) makes a block verified, or returns it uncached."""
+
+    def __init__(self, entry: Entry, block_size: int, fd: int) -> None:
+        self.entry = entry
+        self.block_size = block_size
+        self.fd = fd
+        self.verified = bytearray(entry.block_count(block_size))
+
+    def _range(self, offset: int, size: int) -> range:
+        end = min(self.entry.size, offset + size)
+        if offset >= end:
+            return range(0)
+        return range(offset // self.block_size, (end - 1) // self.block_size + 1)
+
+    def missing(self, offset: int, size: int) -> list[int]:
+        """Blocks of the range that are not verified yet."""
+        return [i for i in self._range(offset, size) if not self.verified[i]]
+
+    def read_verified(self, offset: int, size: int) -> bytes | None:
+        """The range, if every block of it is verified (the inline fast path), else None."""
+        if self.missing(offset, size):
+            return None
+        return os.pread(self.fd, size, offset)
+
+    def read(self, offset: int, size: int, loaded: Mapping[int, bytes]) -> bytes:
+        """The range, from verified blocks on disk and from `loaded` (block index → bytes)."""
+        size = max(0, min(size, self.entry.size - offset))
+        parts = []
+        pos, end = offset, offset + size
+        for i in self._range(offset, size):
+            start = i * self.block_size
+            stop = min(end, start + self.block_size)
+            if i in loaded:
+                parts.append(loaded[i][pos - start : stop - start])
+            else:
+                parts.append(os.pread(self.fd, stop - pos, pos))
+            pos = stop
+        return b"".join(parts)
+
+    def cheap(self, index: int) -> bool:
+        """True when loading the block costs less than a thread hop (small and local)."""
+        return False
+
+    @abstractmethod
+    def load(self, index: int) -> bytes:
+        """Verified bytes of block `index` (blocking). CorruptDataError if they cannot be had."""
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class InPlaceBlob(BlobFile):
+    """A blob of a `file://` store, read where it lies: no second copy."""
+
+    def __init__(self, entry: Entry, block_size: int, path: str, verified: bytearray | None = None) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            log.error("blob %s of %r is missing from the store (%s)", entry.hash, entry.path, path)
+            raise CorruptDataError(f"{entry.path}: blob {entry.hash} is missing from the store") from None
+        super().__init__(entry, block_size, fd)
+        if verified is not None:  # store blobs are write-once: what was verified stays verified
+            self.verified = verified
+        self._where = path
+
+    def cheap(self, index: int) -> bool:
+        return self.entry.block(index, self.block_size)[1] <= INLINE_BLOCK
+
+    def load(self, index: int) -> bytes:
+        start, length, _ = self.entry.block(index, self.block_size)
+        data = os.pread(self.fd, length, start)
+        check_block(self.entry, index, self.block_size, data, self._where)
+        self.verified[index] = 1
+        return data
+
+
+class CachedBlob(BlobFile):
+    """A blob copied block by block into the cache as it is read."""
+
+    def __init__(self, cache: BlockCache, entry: Entry, fetch: Callable[[int], bytes], pinned: bool) -> None:
+        self._cache = cache
+        self._fetch = fetch
+        self._pinned = pinned
+        path = cache.path(entry.hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_shared(path)
+        try:
+            if os.fstat(fd).st_size != entry.size:
+                os.ftruncate(fd, entry.size)
+            self._present_fd = os.open(f"{path}.present", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except BaseException:
+            os.close(fd)
+            raise
+        super().__init__(entry, cache.block_size, fd)
+        n = len(self.verified)
+        self.present = bytearray(os.pread(self._present_fd, n, 0).ljust(n, b"\0"))
+        os.utime(self._present_fd)  # the LRU clock: last opened
+
+    def load(self, index: int) -> bytes:
+        start, length, _ = self.entry.block(index, self.block_size)
+        if self.present[index]:
+            data = os.pread(self.fd, length, start)
+            try:
+                check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
+            except CorruptDataError:
+                log.warning(
+                    "cached block %d of blob %s was torn or damaged; fetching it again",
+                    index,
+                    self.entry.hash,
+                )
+                self._cache.count("cache_blocks_dropped")
+            else:
+                self.verified[index] = 1
+                self._cache.count("cache_blocks_reverified")
+                return data
+        data = self._fetch(index)  # verified by the fetcher
+        self._cache.count("blocks_fetched")
+        self._cache.count("bytes_fetched", len(data))
+        if self._pinned or self._cache.reserve(len(data)):
+            try:
+                os.pwrite(self.fd, data, start)
+                os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.warning("cache disk is full; serving blob %s without caching it", self.entry.hash)
+                return data
+            self.present[index] = 1
+            self.verified[index] = 1
+        return data
+
+    def close(self) -> None:
+        os.close(self._present_fd)
+        super().close()  # drops the shared lock: evictable again
+
+
+def _open_shared(path: Path) -> int:
+    """Open (creating) a cache file and hold a shared lock on it, making sure it is still the
+    file at `path` once locked (an evictor may have unlinked it while we waited)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class CachedBlobInfo:
+    hash: str
+    bytes: int
+    last_used: float
+
+
+@dataclass(frozen=True)
+class Pin:
+    store: str
+    version: str
+    blobs: tuple[str, ...]
+    path: Path
+
+
+class BlockCache:
+    """A cache directory with a size budget. Thread-safe; several processes may share it."""
+
+    def __init__(self, root: Path, block_size: int, budget: int | None = None) -> None:
+        self.root = root
+        self.block_size = block_size
+        self.dir = root / "blocks" / str(block_size)
+        self.pins_dir = root / "pins"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.budget = budget if budget is not None else int(shutil.disk_usage(root).free * DEFAULT_SHARE)
+        self.stats: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._usage: int | None = None
+
+    def path(self, content_hash: str) -> Path:
+        return self.dir / content_hash[:2] / content_hash
+
+    def count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[what] += n
+
+    def open(self, entry: Entry, fetch: Callable[[int], bytes], pinned: bool = False) -> CachedBlob:
+        return CachedBlob(self, entry, fetch, pinned)
+
+    # -- space -------------------------------------------------------------------------------
+    def scan(self) -> list[CachedBlobInfo]:
+        """Every blob in the cache with the disk space it takes, least recently used first."""
+        out = []
+        for sub in _listdir(self.dir):
+            for name in _listdir(self.dir / sub):
+                if name.endswith(".present") or name.startswith("."):
+                    continue
+                path = self.dir / sub / name
+                try:
+                    used = path.stat().st_blocks * 512
+                    last = os.stat(f"{path}.present").st_mtime
+                except FileNotFoundError:
+                    continue
+                out.append(CachedBlobInfo(name, used, last))
+        out.sort(key=lambda b: b.last_used)
+        return out
+
+    def usage(self) -> int:
+        with self._lock:
+            if self._usage is None:
+                self._usage = sum(b.bytes for b in self.scan())
+            return self._usage
+
+    def reserve(self, n: int) -> bool:
+        """Account for `n` new bytes, evicting least recently used blobs if needed; False when
+        they do not fit because everything left is in use or pinned."""
+        with self._lock:
+            if self._usage is None:
+                self._usage = sum(b.bytes for b in self.scan())
+            if self._usage + n <= self.budget:
+                self._usage += n
+                return True
+            self._evict_locked(int(self.budget * EVICT_TO) - n)
+            if self._usage + n <= self.budget:
+                self._usage += n
+                return True
+            self.stats["blocks_not_cached"] += 1
+            return False
+
+    def prune(self, target: int = 0) -> tuple[int, int]:
+        """Evict unused, unpinned blobs until the cache holds at most `target` bytes.
+        Returns (blobs, bytes) evicted."""
+        with self._lock:
+            return self._evict_locked(target)
+
+    def _evict_locked(self, target: int) -> tuple[int, int]:
+        blobs = self.scan()  # the truth on disk: other processes add blocks too
+        usage = sum(b.bytes for b in blobs)
+        keep = self.pinned()
+        evicted = freed = 0
+        for b in blobs:
+            if usage <= target:
+                break
+            if b.hash in keep or not _try_remove(self.path(b.hash)):
+                continue
+            usage -= b.bytes
+            evicted += 1
+            freed += b.bytes
+        self._usage = usage
+        self.stats["blobs_evicted"] += evicted
+        if evicted:
+            log.info("cache: evicted %d blobs (%d bytes)", evicted, freed)
+        return evicted, freed
+
+    # -- pins --------------------------------------------------------------------------------
+    def _pin_path(self, store_url: str, label: str) -> Path:
+        return self.pins_dir / f"{xxhash.xxh3_64_hexdigest(store_url.encode())}-{label}.json"
+
+    def pins(self) -> list[Pin]:
+        out = []
+        for name in _listdir(self.pins_dir):
+            path = self.pins_dir / name
+            if not name.endswith(".json"):
+                continue
+            try:
+                doc = json.loads(path.read_bytes())
+                out.append(Pin(doc["store"], doc["version"], tuple(doc["blobs"]), path))
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable pin record %s", path)
+        return out
+
+    def pinned(self) -> set[str]:
+        return {h for p in self.pins() for h in p.blobs}
+
+    def pin(
+        self,
+        store_url: str,
+        label: str,
+        entries: Iterable[Entry],
+        fetch: Callable[[Entry, int], bytes],
+        progress: ProgressFactory = silent,
+    ) -> int:
+        """Record a pin, then fetch every block the version lacks. Returns bytes fetched."""
+        files = {e.hash: e for e in entries if e.is_file and e.size}
+        self.pins_dir.mkdir(parents=True, exist_ok=True)
+        record = {"store": store_url, "version": label, "blobs": sorted(files)}
+        _write_atomic(self._pin_path(store_url, label), json.dumps(record, indent=1).encode())
+        before = self.stats["bytes_fetched"]
+        total = sum(e.size for e in files.values())
+        with progress(total=total, desc=f"pin {label}") as bar:
+
+            def fill(entry: Entry) -> None:
+                blob = self.open(entry, lambda i: fetch(entry, i), pinned=True)
+                try:
+                    for i in range(len(blob.verified)):
+                        blob.load(i)
+                        bar.update(entry.block(i, self.block_size)[1])
+                finally:
+                    blob.close()
+
+            with ThreadPoolExecutor(8) as pool:
+                for _ in pool.map(fill, files.values()):
+                    pass
+        return self.stats["bytes_fetched"] - before
+
+    def unpin(self, store_url: str, label: str) -> bool:
+        path = self._pin_path(store_url, label)
+        if not path.exists():
+            return False
+        path.unlink()
+        return True
+
+
+def _listdir(path: Path) -> Iterator[str]:
+    try:
+        return iter(sorted(os.listdir(path)))
+    except FileNotFoundError:
+        return iter(())
+
+
+def _try_remove(path: Path) -> bool:
+    """Remove a cached blob unless some process has it open (holds its shared lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # The .present record goes first: a reader that opens the blob between the two unlinks
+        # finds no record and starts empty, never trusting blocks of a file about to vanish.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}.present")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def parse_size(text: str) -> int:
+    """`10G`, `512M`, `1.5T`, `4096` → bytes (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(number)
+    except ValueError:
+        raise InvalidInputError(f"size {text!r}: use a number with K, M, G or T, e.g. 20G") from None
+    if value < 0:
+        raise InvalidInputError(f"size {text!r} is negative")
+    return int(value * units[unit])

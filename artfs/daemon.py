@@ -1,0 +1,269 @@
+"""The mount daemon's lifecycle: mount, serve, unmount; start detached; stop and wait.
+
+`serve` runs in the foreground (systemd, `--foreground`). It says READY=1 over the sd_notify
+protocol once the mount is in place; `start_detached` uses the same protocol to wait for a
+daemon it starts in the background, so both paths report a failed start the same way.
+Teardown happens in the reverse order of set-up (an ExitStack), and on SIGTERM/SIGINT the
+daemon unmounts itself. `unmount` blocks until the daemon has exited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.artfs"
+READ_AHEAD_KB = 1024
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    store_url: str
+    mountpoint: str
+    cache_dir: str
+    cache_size: int | None = None
+    in_place: bool = True
+    allow_other: bool = False
+    threads: int = 16
+
+
+# -- the mount table ---------------------------------------------------------------------------
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def mounts() -> dict[str, tuple[str, str]]:
+    """Mount point → (filesystem type, device major:minor), from /proc/self/mountinfo."""
+    out = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        out[_unescape(fields[4])] = (fields[sep + 1], fields[2])
+    return out
+
+
+def is_artfs_mount(mountpoint: str) -> bool:
+    return mounts().get(os.path.abspath(mountpoint), ("", ""))[0] == FSTYPE
+
+
+def _fusermount_u(mountpoint: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    """A directory to mount on. A dead artfs mount left by a killed daemon is cleared first."""
+    if is_artfs_mount(mountpoint):
+        try:
+            os.statvfs(mountpoint)  # always asks the daemon (stat may be answered from cache)
+        except OSError as e:  # ENOTCONN: the daemon died; its mount is a husk
+            log.warning("%s: clearing a dead artfs mount (%s)", mountpoint, e.strerror)
+            _fusermount_u(mountpoint)
+        else:
+            raise ConflictError(f"{mountpoint} is already an artfs mount; artfs umount {mountpoint} first")
+    if not os.path.isdir(mountpoint):
+        raise InvalidInputError(f"mount point {mountpoint} is not a directory")
+
+
+# -- sd_notify ---------------------------------------------------------------------------------
+def notify(state: str) -> None:
+    """Tell systemd (or `start_detached`) how the daemon is doing; no-op without NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(address)
+        s.sendall(state.encode())
+
+
+# -- serving -----------------------------------------------------------------------------------
+def _raise_read_ahead(mountpoint: str) -> None:
+    """Let the kernel send 1 MiB reads instead of 128 KiB (root only; best effort)."""
+    device = mounts().get(mountpoint, ("", ""))[1]
+    path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    try:
+        path.write_text(str(READ_AHEAD_KB))
+    except OSError as e:
+        log.debug("cannot raise %s: %s", path, e.strerror)
+
+
+def serve(options: MountOptions) -> None:
+    """Mount and serve until unmounted or signalled (SIGTERM, SIGINT, SIGHUP)."""
+    import pyfuse3
+    import trio
+
+    from .api import Store
+    from .cache import BlockCache
+    from .fuse_ops import Operations
+    from .storage.aio import Threads
+    from .vfs import Filesystem
+
+    mountpoint = os.path.abspath(options.mountpoint)
+    check_mountpoint(mountpoint)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(Store(options.store_url))
+        catalog, blobs = store.catalog, store.blobs  # opens the store: fails before mounting
+        cache = BlockCache(Path(options.cache_dir), blobs.block_size, options.cache_size)
+        info = {**asdict(options), "cache_size": cache.budget, "mountpoint": mountpoint}
+        fs = Filesystem(catalog, blobs, cache, Threads(options.threads), in_place=options.in_place, info=info)
+        stack.callback(fs.close)
+        fuse_options = {"fsname=artfs", "subtype=artfs", "ro", "default_permissions", "noatime"}
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        pyfuse3.init(Operations(fs), mountpoint, fuse_options)
+        stack.callback(pyfuse3.close, unmount=True)  # a no-op when someone else unmounted
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signal() -> None:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                        async for signum in signals:
+                            log.info("%s: stopping on signal %d", mountpoint, signum)
+                            notify("STOPPING=1")
+                            pyfuse3.terminate()
+                            return
+
+                nursery.start_soon(on_signal)
+                _raise_read_ahead(mountpoint)
+                log.info(
+                    "serving %s on %s (cache %s, budget %d bytes)",
+                    store.url,
+                    mountpoint,
+                    cache.root,
+                    cache.budget,
+                )
+                notify(f"READY=1\nSTATUS=serving {store.url}\nMAINPID={os.getpid()}")
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+    log.info("%s: unmounted", mountpoint)
+
+
+# -- starting in the background ----------------------------------------------------------------
+def log_path(mountpoint: str) -> Path:
+    from .config import state_dir
+
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+    return state_dir() / "logs" / f"mount-{name}.log"
+
+
+@contextlib.contextmanager
+def _notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    with tempfile.TemporaryDirectory(prefix="artfs-notify-") as tmp:
+        path = os.path.join(tmp, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.bind(path)
+            yield s, path
+
+
+def start_detached(argv: list[str], mountpoint: str, timeout: float = 60.0) -> Path:
+    """Run `argv` (a foreground mount) in its own session and wait until it is READY.
+
+    Returns the log file. On failure raises ArtfsError with the daemon's own error message and
+    exit code."""
+    log_file = log_path(mountpoint)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with _notify_socket() as (sock, address), open(log_file, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        out.flush()
+        start = out.tell()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            env={**os.environ, "NOTIFY_SOCKET": address},
+        )
+        sock.settimeout(0.1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                if b"READY=1" in sock.recv(4096):
+                    return log_file
+            if proc.poll() is not None:
+                break
+        else:
+            proc.terminate()
+            raise ArtfsError(f"the mount daemon did not become ready in {timeout:.0f} s; see {log_file}")
+    lines = log_file.read_bytes()[start:].decode(errors="replace").strip().splitlines()
+    errors = [line for line in lines if line.startswith("artfs: error:")]
+    error = ArtfsError(
+        errors[-1].removeprefix("artfs: error: ") if errors else f"the mount daemon failed; see {log_file}"
+    )
+    error.exit_code = proc.returncode or 3
+    raise error
+
+
+# -- stopping ----------------------------------------------------------------------------------
+def _daemon_pid(mountpoint: str, timeout: float = 5.0) -> int | None:
+    """The pid the daemon reports in `.artfs/mount.json`; None if it does not answer (dead, or
+    hung: a read is done in a helper thread so a hung daemon cannot hang us)."""
+    result: list[int] = []
+
+    def read() -> None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            result.append(int(json.loads(Path(mountpoint, ".artfs", "mount.json").read_bytes())["pid"]))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return result[0] if result else None
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not looked yet
+
+
+def unmount(mountpoint: str, timeout: float = 60.0) -> None:
+    """Unmount and wait for the daemon to exit. ConflictError while files are open."""
+    mountpoint = os.path.abspath(mountpoint)
+    if not is_artfs_mount(mountpoint):
+        raise NotFoundError(f"{mountpoint} is not an artfs mount")
+    pid = _daemon_pid(mountpoint)
+    done = _fusermount_u(mountpoint)
+    if done.returncode != 0:
+        if "busy" in done.stderr:
+            raise ConflictError(f"{mountpoint} is busy: a process has a file or directory open in it")
+        raise ArtfsError(f"cannot unmount {mountpoint}: {done.stderr.strip()}")
+    deadline = time.monotonic() + timeout
+    while pid is not None and _running(pid):
+        if time.monotonic() > deadline:
+            raise ArtfsError(f"{mountpoint} is unmounted but its daemon (pid {pid}) has not exited")
+        time.sleep(0.02)
+
+
+def foreground_argv(options: MountOptions, verbosity: int) -> list[str]:
+    """The command line that runs the same mount in the foreground."""
+    argv = [sys.executable, "-m", "artfs", *(["-" + "v" * verbosity] if verbosity else [])]
+    argv += ["--store", options.store_url, "mount", "--foreground", "--cache-dir", options.cache_dir]
+    if options.cache_size is not None:
+        argv += ["--cache-size", str(options.cache_size)]
+    if not options.in_place:
+        argv.append("--no-in-place")
+    if options.allow_other:
+        argv.append("--allow-other")
+    return [*argv, options.mountpoint]

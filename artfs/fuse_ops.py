@@ -1,0 +1,143 @@
+"""The pyfuse3 adapter: translates kernel requests to `vfs.Filesystem` calls and domain errors to
+errnos. Nothing else lives here.
+
+Writes never reach this class: the mount is made with the `ro` option, so the kernel answers
+EROFS itself, with exactly the errno precedence of any read-only mount (EEXIST for `mkdir` on an
+existing name, ENOENT for opening a missing file, and so on).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from .errors import ArtfsError, NotFoundError, StoreError
+from .vfs import DIR, LINK, Attr, Filesystem
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+KIND_BITS = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
+
+
+def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Domain errors become their errno; anything else is a bug: log it once, answer EIO."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except NotFoundError as e:
+            log.debug("%s: %s", handler.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except StoreError as e:
+            log.warning("%s: %s", handler.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except ArtfsError as e:
+            log.error("%s: %s", handler.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("bug in %s%r; answering EIO", handler.__name__, args[1:])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    def __init__(self, fs: Filesystem) -> None:
+        super().__init__()
+        self.fs = fs
+        self._uid, self._gid = os.geteuid(), os.getegid()
+        self._dirs: dict[int, list[tuple[str, Attr]]] = {}
+        self._next_dir = 1
+
+    def _attrs(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.st_mode = KIND_BITS.get(a.kind, stat.S_IFREG) | a.perm
+        e.st_nlink = 1
+        e.st_uid = self._uid
+        e.st_gid = self._gid
+        e.st_size = a.size
+        e.st_blksize = 128 * 1024
+        e.st_blocks = -(-a.size // 512)
+        e.st_atime_ns = e.st_ctime_ns = e.st_mtime_ns = a.mtime_ns
+        e.entry_timeout = e.attr_timeout = a.timeout
+        return e
+
+    @_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        attr = await self.fs.lookup(parent_inode, os.fsdecode(name))
+        if attr is not None:
+            return self._attrs(attr)
+        timeout = self.fs.negative_timeout(parent_inode)
+        if not timeout:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel remembers the name is absent
+        negative.entry_timeout = timeout
+        return negative
+
+    @_errors
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attrs(await self.fs.getattr(inode))
+
+    @_errors
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return os.fsencode(await self.fs.readlink(inode))
+
+    @_errors
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        fh = self._next_dir
+        self._next_dir += 1
+        self._dirs[fh] = await self.fs.listdir(inode)
+        return fh
+
+    @_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs[fh]
+        for i in range(start_id, len(entries)):
+            name, attr = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(attr), i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_errors
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        opened = await self.fs.open(inode)
+        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+
+    @_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    async def release(self, fh: int) -> None:
+        self.fs.release(fh)
+
+    @_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        value = (await self.fs.xattrs(inode)).get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_errors
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        return [os.fsencode(n) for n in await self.fs.xattrs(inode)]
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        return s

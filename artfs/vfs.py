@@ -1,0 +1,454 @@
+"""What a store looks like as a read-only filesystem, with no FUSE in sight.
+
+    /                         one directory per version (`name:vN`) and per alias (`name:latest`)
+    /name:ref/…               the version's tree, built from its manifest on first access
+    /.artfs/mount.json        this mount: store, cache, pid          (generated when opened,
+    /.artfs/stats.json        fetch and cache counters                 size 0 like /proc files)
+    /.artfs/name:ref.json     a version's record and manifest
+
+Inodes: the root area is instance 0 (1 = root, 2 = .artfs, 3–4 its files). Every directory
+that names a version is an *instance* with its own id, and the node at index k of its tree has
+inode `id << 32 | k`, so a version tree needs no inode table. `name:v3` and `name:latest` are
+different instances of the same (shared) tree: a directory may have one name only, and a file
+opened through `name:latest` keeps its inode, and so its version, when the alias moves.
+
+Version trees are immutable, so their attributes may be cached by the kernel for long
+(`TREE_TIMEOUT`); root entries can change (new versions, moved aliases) and live `ROOT_TIMEOUT`.
+
+Concurrency: everything runs on one trio loop. Blocking work (catalog and manifest reads, cold
+blocks) goes through `Threads`; verified cache hits are served inline. Where an `await` sits
+between two state changes, a comment says why that is safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from . import __version__
+from .blobs import BlobStore
+from .cache import BlobFile, BlockCache, InPlaceBlob
+from .catalog import Catalog, VersionRecord
+from .errors import InvalidInputError, NotFoundError
+from .manifest import Entry, Manifest
+from .names import Ref
+from .storage.aio import Threads
+
+log = logging.getLogger(__name__)
+
+ROOT_TIMEOUT = 1.0
+TREE_TIMEOUT = 24 * 3600.0
+ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
+META_DIR = ".artfs"
+INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`
+DIR, FILE, LINK = "dir", "file", "link"
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    kind: str
+    perm: int
+    size: int
+    mtime_ns: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    fh: int
+    keep_cache: bool  # immutable content: the kernel may keep its pages across opens
+    direct_io: bool  # generated content whose size is not known up front
+
+
+class VersionTree:
+    """The directory structure of one manifest: node 0 is the root, directories map names to
+    nodes, file and link nodes point at their manifest entry."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.entries: list[Entry | None] = [None]
+        self.children: dict[int, dict[str, int]] = {0: {}}
+        self.parents: dict[int, int] = {0: 0}
+        dirs = {"": 0}
+        for e in manifest:
+            if e.kind == DIR:
+                self._dir(dirs, e.path)
+                continue
+            parent_path, _, name = e.path.rpartition("/")
+            node = len(self.entries)
+            self.entries.append(e)
+            self.children[self._dir(dirs, parent_path)][name] = node
+
+    def _dir(self, dirs: dict[str, int], path: str) -> int:
+        node = dirs.get(path)
+        if node is None:
+            parent_path, _, name = path.rpartition("/")
+            parent = self._dir(dirs, parent_path)
+            node = len(self.entries)
+            self.entries.append(None)
+            self.children[node] = {}
+            self.parents[node] = parent
+            self.children[parent][name] = node
+            dirs[path] = node
+        return node
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class Instance:
+    """A root directory naming a version: `name:v3`, or `name:latest` while it named v3."""
+
+    id: int
+    dirname: str
+    record: VersionRecord
+    tree: VersionTree | None = None
+
+    @property
+    def mtime_ns(self) -> int:
+        return _ns(self.record.created_at)
+
+
+@dataclass
+class _Flight:
+    done: trio.Event = field(default_factory=trio.Event)
+    data: Any = None
+    error: Exception | None = None
+
+
+@dataclass
+class _Handle:
+    blob: BlobFile | None = None
+    data: bytes | None = None
+
+
+def _ns(iso: str) -> int:
+    try:
+        return int(datetime.fromisoformat(iso).timestamp() * 1e9)
+    except ValueError:
+        return 0
+
+
+class Filesystem:
+    """The store as a tree. Raises domain errors; NotFoundError means ENOENT."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        blobs: BlobStore,
+        cache: BlockCache,
+        threads: Threads,
+        *,
+        in_place: bool = True,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.blobs = blobs
+        self.cache = cache
+        self.threads = threads
+        self.in_place = in_place
+        self.info = dict(info or {})
+        self.started_ns = time.time_ns()
+        self._instances: list[Instance | None] = [None]
+        self._instance_of: dict[tuple[str, int], Instance] = {}
+        self._trees: dict[str, VersionTree] = {}
+        self._flights: dict[Any, _Flight] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self._open_blobs: dict[str, tuple[BlobFile, int]] = {}
+        self._verified_in_place: dict[str, bytearray] = {}
+        self._listing: tuple[float, list[Instance]] = (-1.0, [])
+
+    # -- single-flight -----------------------------------------------------------------------
+    async def _once(self, key: Any, fn: Callable[[], Any], inline: bool = False) -> Any:
+        """Run `fn` (in a worker thread unless `inline`) once per key however many tasks ask at
+        the same time; they all get its result or its error."""
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = _Flight()
+            try:
+                flight.data = fn() if inline else await self.threads.run(fn)
+            except Exception as e:
+                flight.error = e
+            finally:
+                del self._flights[key]
+                flight.done.set()
+        else:
+            await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.data
+
+    # -- the root ----------------------------------------------------------------------------
+    def _instance(self, dirname: str, record: VersionRecord) -> Instance:
+        inst = self._instance_of.get((dirname, record.number))
+        if inst is None:
+            inst = Instance(len(self._instances), dirname, record)
+            self._instances.append(inst)
+            self._instance_of[(dirname, record.number)] = inst
+        else:
+            inst.record = record  # metadata may have been edited; the manifest cannot change
+        return inst
+
+    def _read_listing(self) -> list[tuple[str, VersionRecord]]:
+        out = []
+        for name in self.catalog.artifact_names():
+            live = {r.number: r for r in self.catalog.versions(name)}
+            out += [(f"{name}:v{n}", r) for n, r in live.items()]
+            out += [
+                (f"{name}:{a}", live[n]) for a, n in sorted(self.catalog.aliases(name).items()) if n in live
+            ]
+        return out
+
+    async def _root_entries(self) -> list[Instance]:
+        stamp, entries = self._listing
+        if time.monotonic() - stamp > ROOT_TIMEOUT:
+            listing = await self._once("listing", self._read_listing)
+            entries = [self._instance(d, r) for d, r in listing]
+            self._listing = (time.monotonic(), entries)
+        return entries
+
+    def _resolve(self, dirname: str) -> VersionRecord | None:
+        if ":" not in dirname:
+            return None
+        try:
+            return self.catalog.resolve(Ref.parse(dirname))
+        except (NotFoundError, InvalidInputError):
+            return None
+
+    async def _lookup_instance(self, dirname: str) -> Instance | None:
+        record = await self._once(("resolve", dirname), lambda: self._resolve(dirname))
+        return None if record is None else self._instance(dirname, record)
+
+    # -- inodes ------------------------------------------------------------------------------
+    def _split(self, ino: int) -> tuple[Instance, int]:
+        inst_id, node = ino >> 32, ino & 0xFFFFFFFF
+        inst = self._instances[inst_id] if 0 < inst_id < len(self._instances) else None
+        if inst is None:
+            raise NotFoundError(f"no inode {ino}")
+        return inst, node
+
+    async def _tree(self, inst: Instance) -> VersionTree:
+        if inst.tree is None:
+            digest = inst.record.manifest
+            tree = self._trees.get(digest)
+            if tree is None:
+                tree = await self._once(
+                    ("tree", digest), lambda: VersionTree(self.blobs.get_manifest(digest))
+                )
+                self._trees[digest] = tree
+            inst.tree = tree
+        return inst.tree
+
+    def _root_attr(self, ino: int) -> Attr:
+        return Attr(ino, DIR, 0o755, 0, self.started_ns, ROOT_TIMEOUT)
+
+    def _meta_file_attr(self, ino: int) -> Attr:
+        return Attr(ino, FILE, 0o444, 0, time.time_ns(), 0.0)
+
+    def _node_attr(self, inst: Instance, node: int) -> Attr:
+        ino = inst.id << 32 | node
+        if node == INFO_NODE:
+            return self._meta_file_attr(ino)
+        if node == 0:
+            return Attr(ino, DIR, 0o755, 0, inst.mtime_ns, TREE_TIMEOUT)
+        assert inst.tree is not None
+        e = inst.tree.entries[node]
+        if e is None:
+            return Attr(ino, DIR, 0o755, 0, inst.mtime_ns, TREE_TIMEOUT)
+        if e.kind == LINK:
+            return Attr(ino, LINK, 0o777, len(os.fsencode(e.target)), inst.mtime_ns, TREE_TIMEOUT)
+        return Attr(ino, FILE, e.mode, e.size, e.mtime, TREE_TIMEOUT)
+
+    async def getattr(self, ino: int) -> Attr:
+        if ino in (ROOT_INO, META_INO):
+            return self._root_attr(ino)
+        if ino in (MOUNT_JSON_INO, STATS_JSON_INO):
+            return self._meta_file_attr(ino)
+        inst, node = self._split(ino)
+        if node not in (0, INFO_NODE):
+            await self._tree(inst)
+        return self._node_attr(inst, node)
+
+    def negative_timeout(self, parent: int) -> float:
+        """How long the kernel may remember that a name does not exist in `parent`."""
+        return 0.0 if parent in (ROOT_INO, META_INO) else TREE_TIMEOUT
+
+    async def lookup(self, parent: int, name: str) -> Attr | None:
+        if parent == ROOT_INO:
+            if name == META_DIR:
+                return self._root_attr(META_INO)
+            inst = await self._lookup_instance(name)
+            return None if inst is None else replace(self._node_attr(inst, 0), timeout=ROOT_TIMEOUT)
+        if parent == META_INO:
+            if name in ("mount.json", "stats.json"):
+                return self._meta_file_attr(MOUNT_JSON_INO if name == "mount.json" else STATS_JSON_INO)
+            if not name.endswith(".json"):
+                return None
+            inst = await self._lookup_instance(name.removesuffix(".json"))
+            return None if inst is None else self._node_attr(inst, INFO_NODE)
+        inst, node = self._split(parent)
+        tree = await self._tree(inst)
+        if name == "..":
+            return await self.getattr(ROOT_INO if node == 0 else inst.id << 32 | tree.parents[node])
+        child = tree.children.get(node, {}).get(name)
+        return None if child is None else self._node_attr(inst, child)
+
+    async def listdir(self, ino: int) -> list[tuple[str, Attr]]:
+        """Every entry of a directory with its attributes (taken once per opendir)."""
+        if ino == ROOT_INO:
+            out = [(META_DIR, self._root_attr(META_INO))]
+            return out + [
+                (i.dirname, replace(self._node_attr(i, 0), timeout=ROOT_TIMEOUT))
+                for i in await self._root_entries()
+            ]
+        if ino == META_INO:
+            files = [
+                ("mount.json", self._meta_file_attr(MOUNT_JSON_INO)),
+                ("stats.json", self._meta_file_attr(STATS_JSON_INO)),
+            ]
+            return files + [
+                (f"{i.dirname}.json", self._node_attr(i, INFO_NODE)) for i in await self._root_entries()
+            ]
+        inst, node = self._split(ino)
+        tree = await self._tree(inst)
+        children = tree.children.get(node)
+        if children is None:
+            raise InvalidInputError("not a directory")
+        return [(name, self._node_attr(inst, child)) for name, child in children.items()]
+
+    def _entry(self, ino: int) -> Entry:
+        inst, node = self._split(ino)
+        entry = inst.tree.entries[node] if inst.tree is not None and node != INFO_NODE else None
+        if entry is None:
+            raise InvalidInputError(f"inode {ino} is not a file or link")
+        return entry
+
+    async def readlink(self, ino: int) -> str:
+        await self.getattr(ino)
+        return self._entry(ino).target
+
+    # -- xattrs ------------------------------------------------------------------------------
+    async def xattrs(self, ino: int) -> dict[str, bytes]:
+        if ino >> 32 == 0:
+            return {}
+        inst, node = self._split(ino)
+        if node == 0:
+            return {
+                "user.artfs.version": inst.record.label.encode(),
+                "user.artfs.digest": inst.record.digest.encode(),
+            }
+        if node == INFO_NODE:
+            return {}
+        tree = await self._tree(inst)
+        entry = tree.entries[node]
+        if entry is None or entry.kind != FILE:
+            return {}
+        return {"user.artfs.hash": entry.hash.encode()}
+
+    # -- files -------------------------------------------------------------------------------
+    def _add_handle(self, handle: _Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    async def open(self, ino: int) -> Opened:
+        if ino in (MOUNT_JSON_INO, STATS_JSON_INO) or (ino >> 32 and ino & 0xFFFFFFFF == INFO_NODE):
+            data = await self.threads.run(self._meta_content, ino)
+            return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)
+        await self.getattr(ino)
+        entry = self._entry(ino)
+        blob = self._open_blob(entry) if entry.size else None
+        return Opened(self._add_handle(_Handle(blob=blob)), keep_cache=True, direct_io=False)
+
+    def _open_blob(self, entry: Entry) -> BlobFile:
+        held = self._open_blobs.get(entry.hash)
+        if held is not None:
+            blob, users = held
+        else:
+            path = self.blobs.local_path(entry.hash) if self.in_place else None
+            if path is not None:
+                verified = self._verified_in_place.get(entry.hash)
+                blob = InPlaceBlob(entry, self.blobs.block_size, path, verified)
+                self._verified_in_place[entry.hash] = blob.verified
+            else:
+                blob = self.cache.open(entry, lambda i: self.blobs.read_block(entry, i))
+            users = 0
+        self._open_blobs[entry.hash] = (blob, users + 1)
+        return blob
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        if handle.data is not None:
+            return handle.data[offset : offset + size]
+        blob = handle.blob
+        if blob is None:
+            return b""
+        data = blob.read_verified(offset, size)  # the hot path: a pread, no thread hop
+        if data is not None:
+            return data
+        loaded = {}
+        for i in blob.missing(offset, size):
+            load = functools.partial(self._load, blob, i)
+            loaded[i] = await self._once((blob.entry.hash, i), load, inline=blob.cheap(i))
+        return blob.read(offset, size, loaded)
+
+    def _load(self, blob: BlobFile, index: int) -> bytes:
+        data = blob.load(index)
+        self.cache.count("blocks_verified")
+        self.cache.count("bytes_verified", len(data))
+        return data
+
+    def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh)
+        if handle.blob is None:
+            return
+        h = handle.blob.entry.hash
+        blob, users = self._open_blobs[h]
+        if users > 1:
+            self._open_blobs[h] = (blob, users - 1)
+        else:
+            del self._open_blobs[h]
+            blob.close()
+
+    def close(self) -> None:
+        for blob, _ in self._open_blobs.values():
+            blob.close()
+        self._open_blobs.clear()
+        self._handles.clear()
+
+    # -- generated files ---------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.cache.stats,
+            "open_files": len(self._handles),
+            "open_blobs": len(self._open_blobs),
+            "versions_loaded": len(self._trees),
+            "cache_usage": self.cache.usage(),
+            "cache_budget": self.cache.budget,
+        }
+
+    def _meta_content(self, ino: int) -> bytes:
+        if ino == MOUNT_JSON_INO:
+            doc: Any = {**self.info, "pid": os.getpid(), "artfs": __version__}
+        elif ino == STATS_JSON_INO:
+            doc = self.stats()
+        else:
+            inst, _ = self._split(ino)
+            doc = {**inst.record.to_dict(), "dir": inst.dirname}
+            tree = inst.tree or self._trees.get(inst.record.manifest)
+            manifest = tree.manifest if tree else self.blobs.get_manifest(inst.record.manifest)
+            doc["entries"] = [e.to_dict() for e in manifest]
+        return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()

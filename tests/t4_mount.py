@@ -1,0 +1,629 @@
+"""The read-only mount, for real: a daemon process, /dev/fuse, and ordinary tools on the mount.
+
+Nothing here is skipped: if FUSE cannot mount, these tests fail and say why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import artfs
+from artfs.daemon import is_artfs_mount
+
+from .conftest import ARTFS, make_tree, run_cli
+
+MiB = 1 << 20
+
+
+@dataclass
+class Mount:
+    path: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    cache: Path
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads((self.path / ".artfs" / "stats.json").read_bytes())
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def umount(self) -> None:
+        done = run_cli("umount", str(self.path))
+        assert done.returncode == 0, done.stderr
+        assert self.proc.wait(10) == 0, self.log_text()
+
+
+def serving_pid(path: Path) -> int | None:
+    try:
+        return json.loads((path / ".artfs" / "mount.json").read_bytes())["pid"]
+    except OSError:  # not mounted yet, or a dead mount left by a killed daemon
+        return None
+
+
+def wait_for_mount(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Until the daemon `proc` serves `path`; fails at once, with the daemon's log, if it exits."""
+    deadline = time.monotonic() + timeout
+    while serving_pid(path) != proc.pid:
+        if proc.poll() is not None:
+            pytest.fail(f"mount daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no mount on {path} after {timeout} s:\n{log.read_text(errors='replace')}")
+        time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie has too: only its parent has not looked yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+MountFactory = Callable[..., Mount]
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[MountFactory]:
+    """`mount(store_url, *options)` starts `artfs mount --foreground` on a fresh directory."""
+    assert os.path.exists("/dev/fuse"), "FUSE is unavailable: /dev/fuse is missing"
+    started: list[Mount] = []
+    cache = tmp_path / "cache"
+
+    def start(store_url: str, *options: str, path: Path | None = None) -> Mount:
+        path = path or tmp_path / f"mnt{len(started)}"
+        path.mkdir(exist_ok=True)
+        log = tmp_path / f"mount{len(started)}.log"
+        argv = [*ARTFS, "-v", "--store", store_url, "mount", "--foreground", "--cache-dir", str(cache)]
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([*argv, *options, str(path)], stdout=out, stderr=out)
+        m = Mount(path, proc, log, cache)
+        started.append(m)
+        wait_for_mount(path, proc, log)
+        return m
+
+    yield start
+    for m in started:
+        if is_artfs_mount(str(m.path)):
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
+        if m.proc.poll() is None:
+            m.proc.terminate()
+            try:
+                m.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                m.proc.kill()
+                m.proc.wait()
+
+
+def push(store_url: str, name: str, src: Path, *args: str) -> str:
+    done = run_cli("push", name, str(src), *args, store=store_url)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- a version with everything ordinary tools care about ----------------------------------------
+@pytest.fixture
+def rich_tree(tmp_path: Path) -> Path:
+    src = make_tree(
+        tmp_path / "src",
+        {
+            "README.md": "hello\n",
+            "empty.txt": "",
+            "bin/run.sh": "#!/bin/sh\necho run\n",
+            "dir with space/naïve ü.txt": "unicode\n",
+            "data/big.bin": b"".join(i.to_bytes(8, "little") * (MiB // 8) for i in range(9)),
+            "emptydir": None,
+            "link": "->bin/run.sh",
+            "dirlink": "->dir with space",
+        },
+    )
+    (src / "bin/run.sh").chmod(0o755)
+    with sqlite3.connect(src / "db.sqlite") as db:
+        db.execute("create table t (x integer)")
+        db.executemany("insert into t values (?)", [(i,) for i in range(100)])
+    db.close()
+    with zipfile.ZipFile(src / "pack.zip", "w") as z:
+        z.writestr("inside.txt", "zipped\n")
+    repo = src / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.txt").write_text("one\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    (repo / "a.txt").write_text("two\n")
+    subprocess.run([*git, "commit", "-qam", "second"], check=True)
+    return src
+
+
+def run(*argv: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, f"{argv}: {done.stderr}"
+    return done.stdout
+
+
+def test_ordinary_tools_see_exactly_what_was_pushed(
+    tmp_path: Path, store_url: str, rich_tree: Path, mount: MountFactory
+) -> None:
+    push(store_url, "rich", rich_tree)
+    m = mount(store_url)
+    v = m.path / "rich:v0"
+
+    assert sorted(os.listdir(m.path)) == [".artfs", "rich:latest", "rich:v0"]
+    assert run("diff", "-r", "--no-dereference", str(rich_tree), str(v)) == ""
+    found = run("find", ".", cwd=v).split("\n")
+    assert "./dir with space/naïve ü.txt" in found and "./emptydir" in found
+
+    # sizes, modes, mtimes as pushed; symlinks stay relative links
+    for rel in ("README.md", "empty.txt", "bin/run.sh", "data/big.bin", "db.sqlite"):
+        a, b = os.stat(rich_tree / rel), os.stat(v / rel)
+        assert (b.st_size, stat.S_IMODE(b.st_mode) & 0o111 != 0) == (
+            a.st_size,
+            stat.S_IMODE(a.st_mode) & 0o111 != 0,
+        )
+        assert b.st_mtime_ns == a.st_mtime_ns, rel
+    assert os.readlink(v / "link") == "bin/run.sh"
+    assert run("stat", "-c", "%A %s", str(v / "bin/run.sh")).split() == ["-rwxr-xr-x", "19"]
+    assert "-rwxr-xr-x" in run("ls", "-l", str(v / "bin"))
+
+    # copies of the version equal it, bit for bit, with modes and links
+    for tool, argv in {
+        "cp-r": ["cp", "-r"],
+        "cp-a": ["cp", "-a"],
+        "rsync": ["rsync", "-a"],
+    }.items():
+        dest = tmp_path / tool
+        run(*argv, f"{v}/" if tool == "rsync" else str(v), str(dest))
+        check = run_cli("verify", "rich:v0", str(dest), store=store_url)
+        assert check.returncode == 0, f"{tool}: {check.stdout}{check.stderr}"
+    assert (
+        os.stat(tmp_path / "cp-a/data/big.bin").st_mtime_ns == os.stat(rich_tree / "data/big.bin").st_mtime_ns
+    )
+
+    archive = tmp_path / "v.tar"
+    run("tar", "-cf", str(archive), "-C", str(v), ".")
+    (tmp_path / "untar").mkdir()
+    run("tar", "-xf", str(archive), "-C", str(tmp_path / "untar"))
+    assert run_cli("verify", "rich:v0", str(tmp_path / "untar"), store=store_url).returncode == 0
+
+    sums = run("sha256sum", "README.md", "data/big.bin", "dir with space/naïve ü.txt", cwd=v)
+    assert sums == run("sha256sum", "README.md", "data/big.bin", "dir with space/naïve ü.txt", cwd=rich_tree)
+
+    # tools that read structured files in place
+    assert run("git", "-C", str(v / "repo"), "log", "--format=%s") == "second\nfirst\n"
+    assert run("git", "-C", str(v / "repo"), "show", "HEAD~1:a.txt") == "one\n"
+    assert run("git", "-C", str(v / "repo"), "status", "--porcelain") == ""
+    uri = f"file:{v / 'db.sqlite'}?immutable=1"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        assert db.execute("select count(*), sum(x) from t").fetchone() == (100, 4950)
+    assert run("sqlite3", uri, "select max(x) from t") == "99\n"
+    with zipfile.ZipFile(v / "pack.zip") as z:
+        assert z.read("inside.txt") == b"zipped\n"
+
+
+def _errno_of(op: Callable[[], object]) -> int | None:
+    try:
+        op()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def write_attempts(root: Path) -> dict[str, Callable[[], object]]:
+    """Writes of every kind against a tree holding README.md, bin/ and emptydir/."""
+    f = root / "README.md"
+    return {
+        "mkdir new": lambda: os.mkdir(root / "new"),
+        "mkdir existing dir": lambda: os.mkdir(root / "bin"),
+        "mkdir existing file": lambda: os.mkdir(f),
+        "create new": lambda: os.close(os.open(root / "new", os.O_CREAT | os.O_WRONLY)),
+        "create excl existing": lambda: os.close(os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)),
+        "create existing": lambda: os.close(os.open(f, os.O_CREAT | os.O_WRONLY)),
+        "open wronly": lambda: os.close(os.open(f, os.O_WRONLY)),
+        "open rdwr": lambda: os.close(os.open(f, os.O_RDWR)),
+        "open rdwr missing": lambda: os.close(os.open(root / "missing", os.O_RDWR)),
+        "open trunc": lambda: os.close(os.open(f, os.O_RDONLY | os.O_TRUNC)),
+        "unlink": lambda: os.unlink(f),
+        "unlink missing": lambda: os.unlink(root / "missing"),
+        "rmdir": lambda: os.rmdir(root / "emptydir"),
+        "rmdir missing": lambda: os.rmdir(root / "missing"),
+        "rename": lambda: os.rename(f, root / "moved"),
+        "rename missing": lambda: os.rename(root / "missing", root / "moved"),
+        "symlink new": lambda: os.symlink("x", root / "newlink"),
+        "symlink existing": lambda: os.symlink("x", f),
+        "hardlink": lambda: os.link(f, root / "hard"),
+        "chmod": lambda: os.chmod(f, 0o600),
+        "utime": lambda: os.utime(f, (1, 1)),
+        "truncate": lambda: os.truncate(f, 0),
+        "setxattr": lambda: os.setxattr(f, "user.x", b"1"),
+        "removexattr": lambda: os.removexattr(f, "user.artfs.hash"),
+        "mknod": lambda: os.mkfifo(root / "fifo"),
+    }
+
+
+def test_writes_fail_exactly_like_on_a_read_only_mount(
+    tmp_path: Path, store_url: str, rich_tree: Path, mount: MountFactory
+) -> None:
+    push(store_url, "rich", rich_tree)
+    m = mount(store_url)
+    # the reference: the same tree checked out, behind a kernel read-only bind mount
+    plain, bound = tmp_path / "plain", tmp_path / "bound"
+    assert run_cli("checkout", "rich:v0", str(plain), store=store_url).returncode == 0
+    bound.mkdir()
+    subprocess.run(["mount", "--bind", str(plain), str(bound)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(bound)], check=True)
+        expected = {k: _errno_of(op) for k, op in write_attempts(bound).items()}
+    finally:
+        subprocess.run(["umount", str(bound)], check=True)
+    got = {k: _errno_of(op) for k, op in write_attempts(m.path / "rich:v0").items()}
+    assert got == expected
+    assert expected["mkdir new"] == errno.EROFS and expected["mkdir existing dir"] == errno.EEXIST
+    assert expected["open rdwr missing"] == errno.ENOENT
+    # the root of the mount is read-only too
+    assert _errno_of(lambda: os.mkdir(m.path / "new")) == errno.EROFS
+    assert _errno_of(lambda: os.mkdir(m.path / "rich:v0")) == errno.EEXIST
+    assert sorted(os.listdir(m.path / "rich:v0")) == sorted(os.listdir(plain))
+
+
+def test_xattrs_name_the_version_and_the_content(
+    store_url: str, rich_tree: Path, mount: MountFactory
+) -> None:
+    push(store_url, "rich", rich_tree)
+    m = mount(store_url)
+    v = artfs.Store(store_url).artifact("rich:v0")
+    d = m.path / "rich:latest"
+    assert os.getxattr(d, "user.artfs.version") == b"rich:v0"
+    assert os.getxattr(d, "user.artfs.digest") == v.digest.encode()
+    assert sorted(os.listxattr(d)) == ["user.artfs.digest", "user.artfs.version"]
+    assert os.getxattr(d / "README.md", "user.artfs.hash") == v.get_path("README.md").hash.encode()
+    assert _errno_of(lambda: os.getxattr(d / "README.md", "user.nope")) == errno.ENODATA
+    info = json.loads((m.path / ".artfs" / "rich:v0.json").read_bytes())
+    assert info["digest"] == v.digest and {e["path"] for e in info["entries"]} >= {"README.md", "link"}
+    assert json.loads((m.path / ".artfs" / "mount.json").read_bytes())["pid"] == m.proc.pid
+
+
+# -- laziness and the cache ---------------------------------------------------------------------
+def patterned(n_mib: int, seed: int = 0) -> bytes:
+    """Content whose every MiB differs (so a wrong block can never look right)."""
+    return b"".join((seed << 32 | i).to_bytes(8, "little") * (MiB // 8) for i in range(n_mib))
+
+
+def test_reads_fetch_only_the_blocks_they_touch(tmp_path: Path, store_url: str, mount: MountFactory) -> None:
+    big = patterned(200)
+    src = make_tree(tmp_path / "src", {"big.bin": big, "small.txt": "x"})
+    push(store_url, "big", src)
+    m = mount(store_url, "--no-in-place")
+
+    run("ls", "-lR", str(m.path))
+    run("find", str(m.path))
+    assert m.stats().get("blocks_verified", 0) == 0  # listing fetches no content
+    assert m.stats()["cache_usage"] == 0
+
+    with open(m.path / "big:v0" / "big.bin", "rb", buffering=0) as f:
+        f.seek(100 * MiB + 123)
+        assert f.read(MiB) == big[100 * MiB + 123 : 101 * MiB + 123]
+    s = m.stats()
+    assert 1 <= s["blocks_fetched"] <= 2
+    cached = sum(p.stat().st_blocks * 512 for p in m.cache.rglob("*") if p.is_file())
+    assert cached <= 2 * 4 * MiB + 64 * 1024
+
+
+def test_many_readers_of_a_cold_block_cause_one_fetch(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    data = patterned(4)
+    push(store_url, "one", make_tree(tmp_path / "src", {"f.bin": data}))
+    m = mount(store_url, "--no-in-place")
+    path = m.path / "one:v0" / "f.bin"
+    results: list[bytes] = []
+    barrier = threading.Barrier(8)
+
+    def reader(k: int) -> None:
+        with open(path, "rb", buffering=0) as f:
+            barrier.wait()
+            f.seek(k * 64 * 1024)
+            results.append(f.read(64 * 1024))
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == sorted(data[k * 65536 : (k + 1) * 65536] for k in range(8))
+    assert m.stats()["blocks_fetched"] == 1
+
+
+def cache_bytes(cache: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in (cache / "blocks").rglob("*") if p.is_file())
+
+
+def test_cache_budget_is_hard_and_open_files_are_never_evicted(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    files = {f"f{i}.bin": patterned(5, seed=i) for i in range(4)}
+    push(store_url, "ds", make_tree(tmp_path / "src", files))
+    m = mount(store_url, "--no-in-place", "--cache-size", "12M")
+    v = m.path / "ds:v0"
+    for name, content in files.items():  # 20 MiB through a 12 MiB cache
+        assert (v / name).read_bytes() == content
+        assert cache_bytes(m.cache) <= 12 * MiB
+    assert m.stats()["blobs_evicted"] >= 1
+
+    with open(v / "f0.bin", "rb") as held:  # in use: f0 must survive while f1..f3 are read
+        assert held.read() == files["f0.bin"]
+        for name in ("f1.bin", "f2.bin", "f3.bin"):
+            assert (v / name).read_bytes() == files[name]
+            assert cache_bytes(m.cache) <= 12 * MiB
+        f0 = artfs.Store(store_url).artifact("ds:v0").get_path("f0.bin").hash
+        assert next(m.cache.rglob(f0)).exists()
+    assert m.stats()["cache_budget"] == 12 * MiB
+
+
+def test_cache_cli_info_pin_prune_unpin(tmp_path: Path, store_url: str) -> None:
+    files = {"a.bin": patterned(5, 1), "b.bin": patterned(1, 2)}
+    push(store_url, "ds", make_tree(tmp_path / "src", files))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("cache", *args, *cache, store=store_url)
+
+    assert "always available" in cli("pin", "ds:latest").stdout  # a local store is read in place
+    pinned = cli("pin", "ds:latest", "--no-in-place")
+    assert pinned.returncode == 0 and "pinned ds:v0" in pinned.stdout, pinned.stderr
+    info = json.loads(cli("info", "--json").stdout)
+    assert info["blobs"] == 2 and info["bytes"] >= 6 * MiB
+    assert info["pinned"] == [{"store": store_url, "version": "ds:v0", "blobs": 2}]
+    assert cli("prune").stdout.startswith("evicted 0 blobs")  # pinned: kept
+    assert cli("unpin", "ds:v0").returncode == 0
+    assert cli("unpin", "ds:v0").returncode == 1  # not pinned any more: nothing done
+    assert cli("prune").stdout.startswith("evicted 2 blobs")
+    assert json.loads(cli("info", "--json").stdout)["bytes"] == 0
+    assert cli("pin", "ds:v9", "--no-in-place").returncode == 4
+
+
+def corrupt(path: Path, offset: int) -> None:
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "cached"])
+def test_a_corrupt_block_is_eio_and_named_while_the_rest_is_served(
+    tmp_path: Path, store_url: str, mount: MountFactory, in_place: bool
+) -> None:
+    files = {"big.bin": patterned(9), "ok.txt": "fine\n"}
+    push(store_url, "ds", make_tree(tmp_path / "src", files))
+    blob = artfs.Store(store_url).artifact("ds:v0").get_path("big.bin").hash
+    corrupt(Path(store_url.removeprefix("file://")) / "blobs" / blob[:2] / blob, 5 * MiB)
+    m = mount(store_url, *([] if in_place else ["--no-in-place"]))
+    f = m.path / "ds:v0" / "big.bin"
+    with open(f, "rb", buffering=0) as fh:
+        assert fh.read(MiB) == files["big.bin"][:MiB]  # block 0 is intact
+        fh.seek(8 * MiB)
+        assert fh.read(MiB) == files["big.bin"][8 * MiB :]  # so is block 2
+        fh.seek(5 * MiB)
+        with pytest.raises(OSError) as e:
+            fh.read(4096)
+        assert e.value.errno == errno.EIO
+    assert (m.path / "ds:v0" / "ok.txt").read_text() == "fine\n"
+    assert blob in m.log_text() and "corrupt" in m.log_text()
+
+
+def test_sigkill_leaves_a_cache_the_next_mount_reuses(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    data = patterned(9)
+    push(store_url, "ds", make_tree(tmp_path / "src", {"big.bin": data}))
+    m = mount(store_url, "--no-in-place")
+    assert (m.path / "ds:v0" / "big.bin").read_bytes() == data
+    assert m.stats()["blocks_fetched"] == 3
+    m.kill()
+
+    again = mount(store_url, "--no-in-place", path=m.path)  # clears the dead mount itself
+    assert "clearing a dead artfs mount" in again.log_text()
+    assert (again.path / "ds:v0" / "big.bin").read_bytes() == data
+    s = again.stats()
+    assert s.get("blocks_fetched", 0) == 0 and s["cache_blocks_reverified"] == 3
+    again.kill()
+
+    # a block torn by a crash is caught by its hash, dropped and fetched again
+    blob = artfs.Store(store_url).artifact("ds:v0").get_path("big.bin").hash
+    corrupt(next(m.cache.rglob(blob)), 4 * MiB + 10)
+    third = mount(store_url, "--no-in-place", path=m.path)
+    assert (third.path / "ds:v0" / "big.bin").read_bytes() == data
+    s = third.stats()
+    assert (s["blocks_fetched"], s["cache_blocks_dropped"]) == (1, 1)
+    third.umount()
+
+
+# -- versions and aliases as they change --------------------------------------------------------
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "not within the time limit"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_new_versions_and_moved_aliases_show_up_and_open_files_keep_their_version(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    src = make_tree(tmp_path / "src", {"data.txt": "version zero\n"})
+    push(store_url, "ds", src)
+    m = mount(store_url)
+    latest = m.path / "ds:latest" / "data.txt"
+    assert latest.read_text() == "version zero\n"
+    with open(latest, "rb") as held:
+        (src / "data.txt").write_text("version one!\n")
+        push(store_url, "ds", src)
+        waited = wait_until(lambda: latest.read_text() == "version one!\n")
+        assert waited < 3
+        assert "ds:v1" in os.listdir(m.path)
+        assert held.read() == b"version zero\n"  # opened under v0: stays v0
+    assert run_cli("alias", "ds:v0", "best", store=store_url).returncode == 0
+    wait_until(lambda: (m.path / "ds:best" / "data.txt").exists())
+    assert (m.path / "ds:best" / "data.txt").read_text() == "version zero\n"
+    assert run_cli("alias", "ds:v1", "best", store=store_url).returncode == 0
+    wait_until(lambda: (m.path / "ds:best" / "data.txt").read_text() == "version one!\n")
+    assert run_cli("delete", "ds:v0", store=store_url).returncode == 0
+    wait_until(lambda: "ds:v0" not in os.listdir(m.path))
+    assert _errno_of(lambda: os.stat(m.path / "ds:v0x")) == errno.ENOENT
+    assert (m.path / "ds:1" / "data.txt").read_text() == "version one!\n"  # any ref resolves
+
+
+# -- scale ---------------------------------------------------------------------------------------
+def test_a_version_of_100k_files_lists_without_fetching_and_stays_small(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    from artfs.catalog import Catalog, VersionRecord
+    from artfs.manifest import Entry, Manifest
+
+    store = artfs.Store(store_url)
+    seed = artfs.Artifact("seed", type="dataset")
+    seed.add_file(make_tree(tmp_path / "one", {"x": "same content\n"}) / "x")
+    store.log_artifact(seed)
+    x = store.artifact("seed:v0").get_path("x").entry
+    entries = [
+        Entry(f"d{i // 1000:03}/f{i:06}.txt", size=x.size, hash=x.hash, mtime=x.mtime) for i in range(100_000)
+    ]
+    manifest = Manifest.build(entries)
+    blobs = store.blobs
+    object_hash = blobs.put_manifest(manifest)
+    Catalog(store.backend).claim(
+        "big",
+        lambda n: VersionRecord(
+            "big", n, "dataset", manifest.digest, object_hash, manifest.size, len(entries)
+        ),
+    )
+    m = mount(store_url)
+    assert sorted(os.listdir(m.path)) == [".artfs", "big:v0", "seed:latest", "seed:v0"]
+    listed = run("find", str(m.path / "big:v0"), "-type", "f").splitlines()
+    assert len(listed) == 100_000
+    assert m.stats().get("blocks_verified", 0) == 0
+    status = Path(f"/proc/{m.proc.pid}/status").read_text()
+    rss_kib = int(status.split("VmRSS:")[1].split()[0])
+    assert rss_kib < 300 * 1024, f"daemon RSS {rss_kib} KiB"
+    assert (m.path / "big:v0" / "d042" / "f042424.txt").read_text() == "same content\n"
+
+
+# -- the daemon's life --------------------------------------------------------------------------
+def test_mount_detaches_and_umount_waits_for_the_daemon(
+    tmp_path: Path, store_url: str, rich_tree: Path
+) -> None:
+    push(store_url, "rich", rich_tree)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "ARTFS_CACHE": str(tmp_path / "cache")}
+    started = run_cli("mount", str(mnt), store=store_url, env=env)
+    assert started.returncode == 0, started.stderr
+    try:
+        assert is_artfs_mount(str(mnt))
+        pid = json.loads((mnt / ".artfs" / "mount.json").read_bytes())["pid"]
+        again = run_cli("mount", str(mnt), store=store_url, env=env)
+        assert again.returncode == 5 and "already an artfs mount" in again.stderr
+
+        busy = subprocess.Popen(["sleep", "30"], cwd=mnt / "rich:v0")
+        try:
+            refused = run_cli("umount", str(mnt))
+            assert refused.returncode == 5 and "busy" in refused.stderr
+        finally:
+            busy.kill()
+            busy.wait()
+        done = run_cli("umount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert gone(pid)  # umount returned only once the daemon was gone
+        assert not is_artfs_mount(str(mnt))
+    finally:
+        if is_artfs_mount(str(mnt)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert run_cli("umount", str(mnt)).returncode == 4
+
+
+def test_mount_reports_bad_input_before_mounting(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    missing = run_cli("mount", str(mnt), store=f"file://{tmp_path / 'nothing'}")
+    assert missing.returncode == 4 and "no artfs store" in missing.stderr
+    (tmp_path / "file").write_text("")
+    not_dir = run_cli("mount", str(tmp_path / "file"), store=f"file://{tmp_path / 'store'}")
+    assert not_dir.returncode == 2 and "is a file" in not_dir.stderr
+    assert not is_artfs_mount(str(mnt))
+
+
+def test_foreground_daemon_speaks_sd_notify_and_unmounts_on_sigterm(
+    tmp_path: Path, store_url: str, rich_tree: Path
+) -> None:
+    import socket
+
+    push(store_url, "rich", rich_tree)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    sock_path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(sock_path)
+        sock.settimeout(30)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "ARTFS_STORE": store_url}
+        argv = [*ARTFS, "mount", "--foreground", "--cache-dir", str(tmp_path / "cache"), str(mnt)]
+        proc = subprocess.Popen(argv, env=env)
+        try:
+            message = sock.recv(4096).decode()
+            assert "READY=1" in message and is_artfs_mount(str(mnt))  # ready means mounted
+            assert (mnt / "rich:v0" / "README.md").read_text() == "hello\n"
+            proc.send_signal(signal.SIGTERM)
+            assert "STOPPING=1" in sock.recv(4096).decode()
+            assert proc.wait(30) == 0
+            assert not is_artfs_mount(str(mnt))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if is_artfs_mount(str(mnt)):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def test_systemd_unit_verifies_and_keeps_the_mount_visible() -> None:
+    unit = Path(__file__).parents[1] / "systemd" / "artfs-mount@.service"
+    text = unit.read_text()
+    settings = [line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    keys = {k: v for k, v in settings}
+    assert keys["Type"] == "notify"
+    assert "--foreground" in keys["ExecStart"] and " umount " in keys["ExecStop"]
+    assert not {"PrivateTmp", "ProtectSystem", "ProtectHome"} & keys.keys()
+    # systemd-analyze checks that ExecStart's program exists: give it one in a private mount
+    # namespace (a tmpfs over /usr/local/bin there), leaving the host untouched.
+    artfs_bin = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).parents[1] / ".venv")) / "bin" / "artfs"
+    script = (
+        "mount -t tmpfs tmpfs /usr/local/bin && "
+        f"ln -s '{artfs_bin}' /usr/local/bin/artfs && systemd-analyze verify '{unit}'"
+    )
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
