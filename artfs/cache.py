@@ -61,35 +61,31 @@ class BlobFile(ABC):
         self.fd = fd
         self.verified = bytearray(entry.block_count(block_size))
 
-    def _range(self, offset: int, size: int) -> range:
+    def blocks_of(self, offset: int, size: int) -> range:
+        """The blocks a read of `size` bytes at `offset` touches."""
         end = min(self.entry.size, offset + size)
         if offset >= end:
             return range(0)
         return range(offset // self.block_size, (end - 1) // self.block_size + 1)
 
-    def missing(self, offset: int, size: int) -> list[int]:
-        """Blocks of the range that are not verified yet."""
-        return [i for i in self._range(offset, size) if not self.verified[i]]
-
-    def read_verified(self, offset: int, size: int) -> bytes | None:
-        """The range, if every block of it is verified (the inline fast path), else None."""
-        if self.missing(offset, size):
-            return None
-        return os.pread(self.fd, size, offset)
-
-    def read(self, offset: int, size: int, loaded: Mapping[int, bytes]) -> bytes:
-        """The range, from verified blocks on disk and from `loaded` (block index → bytes)."""
-        size = max(0, min(size, self.entry.size - offset))
-        parts = []
-        pos, end = offset, offset + size
-        for i in self._range(offset, size):
+    def read(self, offset: int, size: int, loaded: Mapping[int, bytes]) -> bytes | memoryview:
+        """The range, from `loaded` (block index → verified bytes) and from verified blocks on
+        disk. A range inside one loaded block is a zero-copy view of it."""
+        end = min(self.entry.size, offset + size)
+        parts: list[bytes | memoryview] = []
+        pos = offset
+        for i in self.blocks_of(offset, size):
             start = i * self.block_size
             stop = min(end, start + self.block_size)
-            if i in loaded:
-                parts.append(loaded[i][pos - start : stop - start])
+            data = loaded.get(i)
+            if data is not None:
+                parts.append(memoryview(data)[pos - start : stop - start])
             else:
+                assert self.verified[i], "block served before it was verified"
                 parts.append(os.pread(self.fd, stop - pos, pos))
             pos = stop
+        if len(parts) == 1:
+            return parts[0]
         return b"".join(parts)
 
     def cheap(self, index: int) -> bool:
@@ -169,8 +165,7 @@ class CachedBlob(BlobFile):
                 self._cache.count("cache_blocks_reverified")
                 return data
         data = self._fetch(index)  # verified by the fetcher
-        self._cache.count("blocks_fetched")
-        self._cache.count("bytes_fetched", len(data))
+        self._cache.count("blocks_fetched", bytes_fetched=len(data))
         if self._pinned or self._cache.reserve(len(data)):
             try:
                 os.pwrite(self.fd, data, start)
@@ -235,9 +230,10 @@ class BlockCache:
     def path(self, content_hash: str) -> Path:
         return self.dir / content_hash[:2] / content_hash
 
-    def count(self, what: str, n: int = 1) -> None:
+    def count(self, what: str, n: int = 1, **more: int) -> None:
         with self._lock:
             self.stats[what] += n
+            self.stats.update(more)
 
     def open(self, entry: Entry, fetch: Callable[[int], bytes], pinned: bool = False) -> CachedBlob:
         return CachedBlob(self, entry, fetch, pinned)

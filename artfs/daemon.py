@@ -94,7 +94,7 @@ def notify(state: str) -> None:
 
 
 # -- serving -----------------------------------------------------------------------------------
-def _raise_read_ahead(mountpoint: str) -> None:
+def raise_read_ahead(mountpoint: str) -> None:
     """Let the kernel send 1 MiB reads instead of 128 KiB (root only; best effort)."""
     device = mounts().get(mountpoint, ("", ""))[1]
     path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
@@ -141,18 +141,19 @@ def serve(options: MountOptions) -> None:
                             pyfuse3.terminate()
                             return
 
+                async def run_loop() -> None:
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+
+                fs.background = nursery
                 nursery.start_soon(on_signal)
-                _raise_read_ahead(mountpoint)
-                log.info(
-                    "serving %s on %s (cache %s, budget %d bytes)",
-                    store.url,
-                    mountpoint,
-                    cache.root,
-                    cache.budget,
-                )
+                nursery.start_soon(run_loop)
+                # A request through the mount returns once the kernel has our INIT reply, which
+                # resets read-ahead: only then can it be raised, and only then are we serving.
+                await fs.threads.run(os.statvfs, mountpoint)
+                raise_read_ahead(mountpoint)
+                log.info("serving %s on %s (cache %s)", store.url, mountpoint, cache.root)
                 notify(f"READY=1\nSTATUS=serving {store.url}\nMAINPID={os.getpid()}")
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
 
         trio.run(main)
     log.info("%s: unmounted", mountpoint)

@@ -119,7 +119,9 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3's stub says bytes; its handler takes any contiguous buffer (PyObject_GetBuffer),
+    # so a range of a block just loaded is served as a view of it, without a copy.
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         return await self.fs.read(fh, off, size)
 
     async def release(self, fh: int) -> None:

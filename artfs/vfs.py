@@ -41,6 +41,7 @@ from .catalog import Catalog, VersionRecord
 from .errors import InvalidInputError, NotFoundError
 from .manifest import Entry, Manifest
 from .names import Ref
+from .prefetch import ReadAhead
 from .storage.aio import Threads
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class _Flight:
 class _Handle:
     blob: BlobFile | None = None
     data: bytes | None = None
+    ahead: ReadAhead | None = None
 
 
 def _ns(iso: str) -> int:
@@ -169,16 +171,18 @@ class Filesystem:
         self._open_blobs: dict[str, tuple[BlobFile, int]] = {}
         self._verified_in_place: dict[str, bytearray] = {}
         self._listing: tuple[float, list[Instance]] = (-1.0, [])
+        self._ahead: set[tuple[str, int]] = set()
+        self.background: trio.Nursery | None = None  # where read-ahead runs; none: no read-ahead
 
     # -- single-flight -----------------------------------------------------------------------
-    async def _once(self, key: Any, fn: Callable[[], Any], inline: bool = False) -> Any:
-        """Run `fn` (in a worker thread unless `inline`) once per key however many tasks ask at
-        the same time; they all get its result or its error."""
+    async def _once(self, key: Any, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in a worker thread once per key however many tasks ask at the same time;
+        they all get its result or its error."""
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = _Flight()
             try:
-                flight.data = fn() if inline else await self.threads.run(fn)
+                flight.data = await self.threads.run(fn)
             except Exception as e:
                 flight.error = e
             finally:
@@ -368,12 +372,17 @@ class Filesystem:
         if ino in (MOUNT_JSON_INO, STATS_JSON_INO) or (ino >> 32 and ino & 0xFFFFFFFF == INFO_NODE):
             data = await self.threads.run(self._meta_content, ino)
             return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)
-        await self.getattr(ino)
+        inst, _ = self._split(ino)
+        if inst.tree is None:  # the kernel may open an inode it knew before a restart
+            await self._tree(inst)
         entry = self._entry(ino)
-        blob = self._open_blob(entry) if entry.size else None
-        return Opened(self._add_handle(_Handle(blob=blob)), keep_cache=True, direct_io=False)
+        if not entry.size:
+            return Opened(self._add_handle(_Handle()), keep_cache=True, direct_io=False)
+        handle = _Handle(blob=self._open_blob(entry), ahead=ReadAhead(self.blobs.block_size))
+        return Opened(self._add_handle(handle), keep_cache=True, direct_io=False)
 
     def _open_blob(self, entry: Entry) -> BlobFile:
+        """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`)."""
         held = self._open_blobs.get(entry.hash)
         if held is not None:
             blob, users = held
@@ -389,33 +398,61 @@ class Filesystem:
         self._open_blobs[entry.hash] = (blob, users + 1)
         return blob
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """Verified bytes only: verified blocks are served inline by a pread; a block not verified
+        yet is loaded first (single-flight, in a worker thread unless it is small and local)."""
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[offset : offset + size]
         blob = handle.blob
         if blob is None:
             return b""
-        data = blob.read_verified(offset, size)  # the hot path: a pread, no thread hop
-        if data is not None:
-            return data
-        loaded = {}
-        for i in blob.missing(offset, size):
-            load = functools.partial(self._load, blob, i)
-            loaded[i] = await self._once((blob.entry.hash, i), load, inline=blob.cheap(i))
+        if handle.ahead is not None and self.background is not None and size:
+            self._read_ahead(handle.ahead, blob, offset, size)
+        loaded: dict[int, bytes] = {}
+        for i in blob.blocks_of(offset, size):
+            if blob.verified[i]:
+                continue
+            if blob.cheap(i):  # no await: nobody can be loading it at the same time
+                loaded[i] = self._load(blob, i)
+            else:
+                loaded[i] = await self._once((blob.entry.hash, i), functools.partial(self._load, blob, i))
         return blob.read(offset, size, loaded)
+
+    def _read_ahead(self, ahead: ReadAhead, blob: BlobFile, offset: int, size: int) -> None:
+        assert self.background is not None
+        bs = blob.block_size
+        last = (min(offset + size, blob.entry.size) - 1) // bs
+        for i in ahead.advise(offset // bs, last, len(blob.verified)):
+            key = (blob.entry.hash, i)
+            if blob.verified[i] or blob.cheap(i) or key in self._flights or key in self._ahead:
+                continue
+            self._ahead.add(key)
+            self.cache.count("blocks_read_ahead")
+            self._open_blob(blob.entry)  # one more user: the blob stays open until the load ends
+            self.background.start_soon(self._load_ahead, blob, i)
+
+    async def _load_ahead(self, blob: BlobFile, index: int) -> None:
+        key = (blob.entry.hash, index)
+        try:
+            await self._once(key, functools.partial(self._load, blob, index))
+        except Exception as e:  # the reader gets the error if it reaches this block
+            log.debug("read-ahead of block %d of blob %s: %s", index, blob.entry.hash, e)
+        finally:
+            self._ahead.discard(key)
+            self._close_blob(blob.entry.hash)
 
     def _load(self, blob: BlobFile, index: int) -> bytes:
         data = blob.load(index)
-        self.cache.count("blocks_verified")
-        self.cache.count("bytes_verified", len(data))
+        self.cache.count("blocks_verified", bytes_verified=len(data))
         return data
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
-        if handle.blob is None:
-            return
-        h = handle.blob.entry.hash
+        if handle.blob is not None:
+            self._close_blob(handle.blob.entry.hash)
+
+    def _close_blob(self, h: str) -> None:
         blob, users = self._open_blobs[h]
         if users > 1:
             self._open_blobs[h] = (blob, users - 1)

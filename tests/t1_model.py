@@ -154,3 +154,17 @@ def test_escaping_symlink_in_manifest_rejected_on_read() -> None:
 def test_malformed_manifest_is_corrupt_data(junk: bytes) -> None:
     with pytest.raises(CorruptDataError):
         Manifest.from_bytes(junk)
+
+
+def test_read_ahead_opens_only_for_streams_and_closes_on_a_seek() -> None:
+    from artfs.prefetch import ReadAhead
+
+    ra = ReadAhead(block_size=4, window_bytes=32)  # at most 8 blocks ahead
+    assert list(ra.advise(50, 50, 100)) == []  # one read: a probe, nothing ahead
+    assert list(ra.advise(50, 51, 100)) == []
+    assert list(ra.advise(51, 52, 100)) == [53]  # crossed two boundaries: a stream
+    assert list(ra.advise(52, 53, 100)) == [54, 55]
+    assert list(ra.advise(53, 54, 100)) == [55, 56, 57, 58]
+    assert len(ra.advise(54, 55, 100)) == 8 and len(ra.advise(55, 56, 100)) == 8  # the limit
+    assert list(ra.advise(10, 10, 100)) == []  # a seek closes the window
+    assert list(ra.advise(97, 98, 100)) == [] and list(ra.advise(98, 99, 100)) == []  # never past the end

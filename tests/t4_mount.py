@@ -332,6 +332,11 @@ def test_reads_fetch_only_the_blocks_they_touch(tmp_path: Path, store_url: str, 
     assert 1 <= s["blocks_fetched"] <= 2
     cached = sum(p.stat().st_blocks * 512 for p in m.cache.rglob("*") if p.is_file())
     assert cached <= 2 * 4 * MiB + 64 * 1024
+    assert m.stats().get("blocks_read_ahead", 0) == 0  # one read is a probe, not a stream
+
+    assert (m.path / "big:v0" / "big.bin").read_bytes() == big  # a stream: blocks load ahead
+    s = m.stats()
+    assert s["blocks_read_ahead"] > 10 and s["blocks_fetched"] == 50
 
 
 def test_many_readers_of_a_cold_block_cause_one_fetch(

@@ -209,7 +209,7 @@ class LocalBackend(Backend):
         return ObjectInfo(key, len(data), _etag(data))
 
     def local_path(self, key: str) -> str | None:
-        return str(self._path(key))
+        return f"{self.root}/{validate_path(key)}"  # a string join: called on every open
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
