@@ -43,7 +43,7 @@ class _VerifyingReader(io.RawIOBase):
         return data
 
 
-def check_block(entry: Entry, index: int, block_size: int, data: bytes, where: str) -> None:
+def check_block(entry: Entry, index: int, block_size: int, data: bytes | memoryview, where: str) -> None:
     """Raise CorruptDataError (and log an error naming the blob) unless `data` is block `index`."""
     _, length, expected = entry.block(index, block_size)
     if len(data) != length or hash_bytes(data) != expected:

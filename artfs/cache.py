@@ -27,6 +27,7 @@ import errno
 import fcntl
 import json
 import logging
+import mmap
 import os
 import shutil
 import threading
@@ -46,6 +47,8 @@ from .progress import ProgressFactory, silent
 
 log = logging.getLogger(__name__)
 
+Buffer = bytes | memoryview
+
 DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache-size is given
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
 INLINE_BLOCK = 256 * 1024  # local blocks up to this size are verified without a thread hop
@@ -53,13 +56,25 @@ INLINE_BLOCK = 256 * 1024  # local blocks up to this size are verified without a
 
 class BlobFile(ABC):
     """The bytes of one blob on local disk. A block is served only after it has been verified
-    in this process; `load` (blocking) makes a block verified, or returns it uncached."""
+    in this process; `load` (blocking) makes a block verified, or returns it uncached.
+
+    A blob bigger than INLINE_BLOCK is memory-mapped: blocks are hashed straight from the page
+    cache and served as views of the mapping, so the kernel copies each byte once, into the
+    reader's pages. The files mapped are never truncated while open (write-once store blobs;
+    cache files only grow, under a lock that keeps evictors away), so a mapping cannot fault.
+    """
 
     def __init__(self, entry: Entry, block_size: int, fd: int) -> None:
         self.entry = entry
         self.block_size = block_size
         self.fd = fd
         self.verified = bytearray(entry.block_count(block_size))
+        self._map = mmap.mmap(fd, entry.size, prot=mmap.PROT_READ) if entry.size > INLINE_BLOCK else None
+
+    def _serve(self, pos: int, length: int) -> bytes | memoryview:
+        if self._map is not None:
+            return memoryview(self._map)[pos : pos + length]
+        return os.pread(self.fd, length, pos)
 
     def blocks_of(self, offset: int, size: int) -> range:
         """The blocks a read of `size` bytes at `offset` touches."""
@@ -68,11 +83,13 @@ class BlobFile(ABC):
             return range(0)
         return range(offset // self.block_size, (end - 1) // self.block_size + 1)
 
-    def read(self, offset: int, size: int, loaded: Mapping[int, bytes]) -> bytes | memoryview:
+    def read(self, offset: int, size: int, loaded: Mapping[int, Buffer]) -> Buffer:
         """The range, from `loaded` (block index → verified bytes) and from verified blocks on
-        disk. A range inside one loaded block is a zero-copy view of it."""
+        disk. A range inside one block is served without a copy where it can be."""
         end = min(self.entry.size, offset + size)
-        parts: list[bytes | memoryview] = []
+        if not loaded:  # every block is verified: the hot path
+            return self._serve(offset, end - offset) if offset < end else b""
+        parts: list[Buffer] = []
         pos = offset
         for i in self.blocks_of(offset, size):
             start = i * self.block_size
@@ -82,7 +99,7 @@ class BlobFile(ABC):
                 parts.append(memoryview(data)[pos - start : stop - start])
             else:
                 assert self.verified[i], "block served before it was verified"
-                parts.append(os.pread(self.fd, stop - pos, pos))
+                parts.append(self._serve(pos, stop - pos))
             pos = stop
         if len(parts) == 1:
             return parts[0]
@@ -93,10 +110,15 @@ class BlobFile(ABC):
         return False
 
     @abstractmethod
-    def load(self, index: int) -> bytes:
+    def load(self, index: int) -> Buffer:
         """Verified bytes of block `index` (blocking). CorruptDataError if they cannot be had."""
 
     def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still referenced somewhere; it unmaps when collected
+                log.debug("blob %s: mapping still in use at close", self.entry.hash)
         os.close(self.fd)
 
 
@@ -117,9 +139,9 @@ class InPlaceBlob(BlobFile):
     def cheap(self, index: int) -> bool:
         return self.entry.block(index, self.block_size)[1] <= INLINE_BLOCK
 
-    def load(self, index: int) -> bytes:
+    def load(self, index: int) -> Buffer:
         start, length, _ = self.entry.block(index, self.block_size)
-        data = os.pread(self.fd, length, start)
+        data = self._serve(start, length)
         check_block(self.entry, index, self.block_size, data, self._where)
         self.verified[index] = 1
         return data
@@ -147,10 +169,10 @@ class CachedBlob(BlobFile):
         self.present = bytearray(os.pread(self._present_fd, n, 0).ljust(n, b"\0"))
         os.utime(self._present_fd)  # the LRU clock: last opened
 
-    def load(self, index: int) -> bytes:
+    def load(self, index: int) -> Buffer:
         start, length, _ = self.entry.block(index, self.block_size)
         if self.present[index]:
-            data = os.pread(self.fd, length, start)
+            data = self._serve(start, length)
             try:
                 check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
             except CorruptDataError:

@@ -145,7 +145,7 @@ def serve(options: MountOptions) -> None:
                     await pyfuse3.main()
                     nursery.cancel_scope.cancel()
 
-                fs.background = nursery
+                fs.background = nursery  # read-ahead runs here
                 nursery.start_soon(on_signal)
                 nursery.start_soon(run_loop)
                 # A request through the mount returns once the kernel has our INIT reply, which

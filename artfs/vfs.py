@@ -36,7 +36,7 @@ import trio
 
 from . import __version__
 from .blobs import BlobStore
-from .cache import BlobFile, BlockCache, InPlaceBlob
+from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
 from .catalog import Catalog, VersionRecord
 from .errors import InvalidInputError, NotFoundError
 from .manifest import Entry, Manifest
@@ -378,7 +378,7 @@ class Filesystem:
         entry = self._entry(ino)
         if not entry.size:
             return Opened(self._add_handle(_Handle()), keep_cache=True, direct_io=False)
-        handle = _Handle(blob=self._open_blob(entry), ahead=ReadAhead(self.blobs.block_size))
+        handle = _Handle(self._open_blob(entry), ahead=ReadAhead(self.blobs.block_size))
         return Opened(self._add_handle(handle), keep_cache=True, direct_io=False)
 
     def _open_blob(self, entry: Entry) -> BlobFile:
@@ -398,7 +398,7 @@ class Filesystem:
         self._open_blobs[entry.hash] = (blob, users + 1)
         return blob
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, fh: int, offset: int, size: int) -> Buffer:
         """Verified bytes only: verified blocks are served inline by a pread; a block not verified
         yet is loaded first (single-flight, in a worker thread unless it is small and local)."""
         handle = self._handles[fh]
@@ -408,8 +408,8 @@ class Filesystem:
         if blob is None:
             return b""
         if handle.ahead is not None and self.background is not None and size:
-            self._read_ahead(handle.ahead, blob, offset, size)
-        loaded: dict[int, bytes] = {}
+            self._read_ahead(handle, blob, offset, size)
+        loaded: dict[int, Buffer] = {}
         for i in blob.blocks_of(offset, size):
             if blob.verified[i]:
                 continue
@@ -419,11 +419,11 @@ class Filesystem:
                 loaded[i] = await self._once((blob.entry.hash, i), functools.partial(self._load, blob, i))
         return blob.read(offset, size, loaded)
 
-    def _read_ahead(self, ahead: ReadAhead, blob: BlobFile, offset: int, size: int) -> None:
-        assert self.background is not None
+    def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
+        assert self.background is not None and handle.ahead is not None
         bs = blob.block_size
         last = (min(offset + size, blob.entry.size) - 1) // bs
-        for i in ahead.advise(offset // bs, last, len(blob.verified)):
+        for i in handle.ahead.advise(offset // bs, last, len(blob.verified)):
             key = (blob.entry.hash, i)
             if blob.verified[i] or blob.cheap(i) or key in self._flights or key in self._ahead:
                 continue
@@ -442,7 +442,7 @@ class Filesystem:
             self._ahead.discard(key)
             self._close_blob(blob.entry.hash)
 
-    def _load(self, blob: BlobFile, index: int) -> bytes:
+    def _load(self, blob: BlobFile, index: int) -> Buffer:
         data = blob.load(index)
         self.cache.count("blocks_verified", bytes_verified=len(data))
         return data
