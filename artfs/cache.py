@@ -51,14 +51,15 @@ Buffer = bytes | memoryview
 
 DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache-size is given
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
-INLINE_BLOCK = 256 * 1024  # local blocks up to this size are verified without a thread hop
+MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped
 
 
 class BlobFile(ABC):
     """The bytes of one blob on local disk. A block is served only after it has been verified
-    in this process; `load` (blocking) makes a block verified, or returns it uncached.
+    in this process. `load_local` verifies a block that is on local disk (cheap: callers run it
+    inline); `fetch` gets one from the store (blocking: callers run it in a worker thread).
 
-    A blob bigger than INLINE_BLOCK is memory-mapped: blocks are hashed straight from the page
+    A blob bigger than MAP_MIN is memory-mapped: blocks are hashed straight from the page
     cache and served as views of the mapping, so the kernel copies each byte once, into the
     reader's pages. The files mapped are never truncated while open (write-once store blobs;
     cache files only grow, under a lock that keeps evictors away), so a mapping cannot fault.
@@ -69,7 +70,7 @@ class BlobFile(ABC):
         self.block_size = block_size
         self.fd = fd
         self.verified = bytearray(entry.block_count(block_size))
-        self._map = mmap.mmap(fd, entry.size, prot=mmap.PROT_READ) if entry.size > INLINE_BLOCK else None
+        self._map = mmap.mmap(fd, entry.size, prot=mmap.PROT_READ) if entry.size > MAP_MIN else None
 
     def _serve(self, pos: int, length: int) -> bytes | memoryview:
         if self._map is not None:
@@ -105,13 +106,18 @@ class BlobFile(ABC):
             return parts[0]
         return b"".join(parts)
 
-    def cheap(self, index: int) -> bool:
-        """True when loading the block costs less than a thread hop (small and local)."""
-        return False
+    @abstractmethod
+    def local(self, index: int) -> bool:
+        """True when the block can be had without asking the store."""
 
     @abstractmethod
-    def load(self, index: int) -> Buffer:
-        """Verified bytes of block `index` (blocking). CorruptDataError if they cannot be had."""
+    def load_local(self, index: int) -> Buffer | None:
+        """Verified bytes of a block on local disk, or None if it must be fetched. Never touches
+        the network. CorruptDataError if the bytes are wrong and there is nowhere else to look."""
+
+    @abstractmethod
+    def fetch(self, index: int) -> Buffer:
+        """Verified bytes of a block from the store (blocking). CorruptDataError if bad."""
 
     def close(self) -> None:
         if self._map is not None:
@@ -136,15 +142,18 @@ class InPlaceBlob(BlobFile):
             self.verified = verified
         self._where = path
 
-    def cheap(self, index: int) -> bool:
-        return self.entry.block(index, self.block_size)[1] <= INLINE_BLOCK
+    def local(self, index: int) -> bool:
+        return True
 
-    def load(self, index: int) -> Buffer:
+    def load_local(self, index: int) -> Buffer:
         start, length, _ = self.entry.block(index, self.block_size)
         data = self._serve(start, length)
         check_block(self.entry, index, self.block_size, data, self._where)
         self.verified[index] = 1
         return data
+
+    def fetch(self, index: int) -> Buffer:
+        return self.load_local(index)  # the store is this disk
 
 
 class CachedBlob(BlobFile):
@@ -169,23 +178,29 @@ class CachedBlob(BlobFile):
         self.present = bytearray(os.pread(self._present_fd, n, 0).ljust(n, b"\0"))
         os.utime(self._present_fd)  # the LRU clock: last opened
 
-    def load(self, index: int) -> Buffer:
+    def local(self, index: int) -> bool:
+        return bool(self.present[index])
+
+    def load_local(self, index: int) -> Buffer | None:
+        if not self.present[index]:
+            return None
         start, length, _ = self.entry.block(index, self.block_size)
-        if self.present[index]:
-            data = self._serve(start, length)
-            try:
-                check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
-            except CorruptDataError:
-                log.warning(
-                    "cached block %d of blob %s was torn or damaged; fetching it again",
-                    index,
-                    self.entry.hash,
-                )
-                self._cache.count("cache_blocks_dropped")
-            else:
-                self.verified[index] = 1
-                self._cache.count("cache_blocks_reverified")
-                return data
+        data = self._serve(start, length)
+        try:
+            check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
+        except CorruptDataError:
+            log.warning(
+                "cached block %d of blob %s was torn or damaged; fetching it again", index, self.entry.hash
+            )
+            self._cache.count("cache_blocks_dropped")
+            self.present[index] = 0
+            return None
+        self.verified[index] = 1
+        self._cache.count("cache_blocks_reverified")
+        return data
+
+    def fetch(self, index: int) -> Buffer:
+        start = index * self.block_size
         data = self._fetch(index)  # verified by the fetcher
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         if self._pinned or self._cache.reserve(len(data)):
@@ -366,7 +381,8 @@ class BlockCache:
                 blob = self.open(entry, lambda i: fetch(entry, i), pinned=True)
                 try:
                     for i in range(len(blob.verified)):
-                        blob.load(i)
+                        if blob.load_local(i) is None:
+                            blob.fetch(i)
                         bar.update(entry.block(i, self.block_size)[1])
                 finally:
                     blob.close()

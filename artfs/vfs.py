@@ -399,8 +399,9 @@ class Filesystem:
         return blob
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:
-        """Verified bytes only: verified blocks are served inline by a pread; a block not verified
-        yet is loaded first (single-flight, in a worker thread unless it is small and local)."""
+        """Verified bytes only. Blocks verified before are served inline; a block on local disk is
+        verified inline (hashing a block in the page cache costs less than a thread hop); a block
+        that must be fetched is, once however many readers wait, in a worker thread."""
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[offset : offset + size]
@@ -413,10 +414,11 @@ class Filesystem:
         for i in blob.blocks_of(offset, size):
             if blob.verified[i]:
                 continue
-            if blob.cheap(i):  # no await: nobody can be loading it at the same time
-                loaded[i] = self._load(blob, i)
-            else:
-                loaded[i] = await self._once((blob.entry.hash, i), functools.partial(self._load, blob, i))
+            data = blob.load_local(i)
+            if data is None:
+                data = await self._once((blob.entry.hash, i), functools.partial(blob.fetch, i))
+            self.cache.count("blocks_verified", bytes_verified=len(data))
+            loaded[i] = data
         return blob.read(offset, size, loaded)
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
@@ -425,7 +427,7 @@ class Filesystem:
         last = (min(offset + size, blob.entry.size) - 1) // bs
         for i in handle.ahead.advise(offset // bs, last, len(blob.verified)):
             key = (blob.entry.hash, i)
-            if blob.verified[i] or blob.cheap(i) or key in self._flights or key in self._ahead:
+            if blob.verified[i] or blob.local(i) or key in self._flights or key in self._ahead:
                 continue
             self._ahead.add(key)
             self.cache.count("blocks_read_ahead")
@@ -435,17 +437,12 @@ class Filesystem:
     async def _load_ahead(self, blob: BlobFile, index: int) -> None:
         key = (blob.entry.hash, index)
         try:
-            await self._once(key, functools.partial(self._load, blob, index))
+            await self._once(key, functools.partial(blob.fetch, index))
         except Exception as e:  # the reader gets the error if it reaches this block
             log.debug("read-ahead of block %d of blob %s: %s", index, blob.entry.hash, e)
         finally:
             self._ahead.discard(key)
             self._close_blob(blob.entry.hash)
-
-    def _load(self, blob: BlobFile, index: int) -> Buffer:
-        data = blob.load(index)
-        self.cache.count("blocks_verified", bytes_verified=len(data))
-        return data
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
