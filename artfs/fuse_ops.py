@@ -60,6 +60,12 @@ class Operations(pyfuse3.Operations):
         self._uid, self._gid = os.geteuid(), os.getegid()
         self._dirs: dict[int, list[tuple[str, Attr]]] = {}
         self._next_dir = 1
+        fs.invalidate = self._invalidate
+
+    @staticmethod
+    def _invalidate(parent: int, name: str) -> None:
+        # The async form: called while answering a request, the synchronous one could deadlock.
+        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
 
     def _attrs(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()

@@ -14,15 +14,17 @@ touching mtimes or re-ordering inputs does not make a new version.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .digest import DEFAULT_BLOCK_SIZE, hash_bytes
+from .digest import ALGORITHM, DEFAULT_BLOCK_SIZE, hash_bytes
 from .errors import CorruptDataError, InvalidPathError
 from .names import validate_link_target, validate_path
 
 FORMAT = 1
+HASH_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def normal_mode(mode: int) -> int:
@@ -45,6 +47,9 @@ class Entry:
 
     def __post_init__(self) -> None:
         validate_path(self.path)
+        if self.kind == "file" and not all(map(HASH_RE.fullmatch, (self.hash, *self.blocks))):
+            # hashes become store keys and local paths: nothing else may pass
+            raise CorruptDataError(f"{self.path!r}: {self.hash!r} is not an {ALGORITHM} content hash")
         if self.kind == "link":
             validate_link_target(self.path, self.target)
         elif self.kind not in ("file", "dir"):

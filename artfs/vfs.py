@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -173,6 +174,11 @@ class Filesystem:
         self._listing: tuple[float, list[Instance]] = (-1.0, [])
         self._ahead: set[tuple[str, int]] = set()
         self.background: trio.Nursery | None = None  # where read-ahead runs; none: no read-ahead
+        # Told (parent inode, name) when a root name stops meaning what the kernel may have
+        # cached: an alias moved, a version was deleted (FUSE: invalidate_entry_async).
+        self.invalidate: Callable[[int, str], None] | None = None
+        self._named: dict[str, int] = {}  # root name → the instance it last resolved to
+        self.counters: Counter[str] = Counter()  # loop-thread only; the cache counts its own
 
     # -- single-flight -----------------------------------------------------------------------
     async def _once(self, key: Any, fn: Callable[[], Any]) -> Any:
@@ -203,7 +209,17 @@ class Filesystem:
             self._instance_of[(dirname, record.number)] = inst
         else:
             inst.record = record  # metadata may have been edited; the manifest cannot change
+        if self._named.setdefault(dirname, inst.id) != inst.id:
+            self._named[dirname] = inst.id
+            self._forget_name(dirname)
         return inst
+
+    def _forget_name(self, dirname: str) -> None:
+        """`dirname` names something else now (or nothing): drop what the kernel cached."""
+        self.counters["entries_invalidated"] += 1
+        if self.invalidate is not None:
+            self.invalidate(ROOT_INO, dirname)
+            self.invalidate(META_INO, f"{dirname}.json")
 
     def _read_listing(self) -> list[tuple[str, VersionRecord]]:
         out = []
@@ -220,6 +236,9 @@ class Filesystem:
         if time.monotonic() - stamp > ROOT_TIMEOUT:
             listing = await self._once("listing", self._read_listing)
             entries = [self._instance(d, r) for d, r in listing]
+            for gone in {i.dirname for i in self._listing[1]} - {i.dirname for i in entries}:
+                self._named.pop(gone, None)
+                self._forget_name(gone)
             self._listing = (time.monotonic(), entries)
         return entries
 
@@ -417,7 +436,7 @@ class Filesystem:
             data = blob.load_local(i)
             if data is None:
                 data = await self._once((blob.entry.hash, i), functools.partial(blob.fetch, i))
-            self.cache.count("blocks_verified", bytes_verified=len(data))
+            self.counters.update(blocks_verified=1, bytes_verified=len(data))
             loaded[i] = data
         return blob.read(offset, size, loaded)
 
@@ -430,7 +449,7 @@ class Filesystem:
             if blob.verified[i] or blob.local(i) or key in self._flights or key in self._ahead:
                 continue
             self._ahead.add(key)
-            self.cache.count("blocks_read_ahead")
+            self.counters["blocks_read_ahead"] += 1
             self._open_blob(blob.entry)  # one more user: the blob stays open until the load ends
             self.background.start_soon(self._load_ahead, blob, i)
 
@@ -467,6 +486,7 @@ class Filesystem:
     def stats(self) -> dict[str, Any]:
         return {
             **self.cache.stats,
+            **self.counters,
             "open_files": len(self._handles),
             "open_blobs": len(self._open_blobs),
             "versions_loaded": len(self._trees),

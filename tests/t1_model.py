@@ -168,3 +168,11 @@ def test_read_ahead_opens_only_for_streams_and_closes_on_a_seek() -> None:
     assert len(ra.advise(54, 55, 100)) == 8 and len(ra.advise(55, 56, 100)) == 8  # the limit
     assert list(ra.advise(10, 10, 100)) == []  # a seek closes the window
     assert list(ra.advise(97, 98, 100)) == [] and list(ra.advise(98, 99, 100)) == []  # never past the end
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "AB" * 16, "ab" * 15, ""])
+def test_a_file_entry_must_carry_a_content_hash(bad: str) -> None:
+    with pytest.raises(CorruptDataError):
+        Entry("x", "file", 1, 0o644, bad)
+    with pytest.raises(CorruptDataError):
+        Entry("x", "file", 1, 0o644, "ab" * 16, ("cd" * 16, bad))

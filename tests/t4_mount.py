@@ -499,6 +499,7 @@ def test_new_versions_and_moved_aliases_show_up_and_open_files_keep_their_versio
     assert (m.path / "ds:best" / "data.txt").read_text() == "version zero\n"
     assert run_cli("alias", "ds:v1", "best", store=store_url).returncode == 0
     wait_until(lambda: (m.path / "ds:best" / "data.txt").read_text() == "version one!\n")
+    wait_until(lambda: "ds:best" in os.listdir(m.path) and m.stats().get("entries_invalidated", 0) >= 2)
     assert run_cli("delete", "ds:v0", store=store_url).returncode == 0
     wait_until(lambda: "ds:v0" not in os.listdir(m.path))
     assert _errno_of(lambda: os.stat(m.path / "ds:v0x")) == errno.ENOENT
