@@ -267,6 +267,10 @@ class BlockCache:
     def path(self, content_hash: str) -> Path:
         return self.dir / content_hash[:2] / content_hash
 
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.stats)
+
     def count(self, what: str, n: int = 1, **more: int) -> None:
         with self._lock:
             self.stats[what] += n

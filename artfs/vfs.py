@@ -389,7 +389,8 @@ class Filesystem:
 
     async def open(self, ino: int) -> Opened:
         if ino in (MOUNT_JSON_INO, STATS_JSON_INO) or (ino >> 32 and ino & 0xFFFFFFFF == INFO_NODE):
-            data = await self.threads.run(self._meta_content, ino)
+            # counters are copied here, on the loop that changes them; the rest may block
+            data = await self.threads.run(self._meta_content, ino, dict(self.counters))
             return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)
         inst, _ = self._split(ino)
         if inst.tree is None:  # the kernel may open an inode it knew before a restart
@@ -424,6 +425,7 @@ class Filesystem:
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[offset : offset + size]
+        self.counters["read_requests"] += 1
         blob = handle.blob
         if blob is None:
             return b""
@@ -483,10 +485,10 @@ class Filesystem:
         self._handles.clear()
 
     # -- generated files ---------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self, counters: dict[str, int]) -> dict[str, Any]:
         return {
-            **self.cache.stats,
-            **self.counters,
+            **self.cache.counters(),
+            **counters,
             "open_files": len(self._handles),
             "open_blobs": len(self._open_blobs),
             "versions_loaded": len(self._trees),
@@ -494,11 +496,11 @@ class Filesystem:
             "cache_budget": self.cache.budget,
         }
 
-    def _meta_content(self, ino: int) -> bytes:
+    def _meta_content(self, ino: int, counters: dict[str, int]) -> bytes:
         if ino == MOUNT_JSON_INO:
             doc: Any = {**self.info, "pid": os.getpid(), "artfs": __version__}
         elif ino == STATS_JSON_INO:
-            doc = self.stats()
+            doc = self.stats(counters)
         else:
             inst, _ = self._split(ino)
             doc = {**inst.record.to_dict(), "dir": inst.dirname}
