@@ -137,6 +137,18 @@ class InPlaceBlob(BlobFile):
         except FileNotFoundError:
             log.error("blob %s of %r is missing from the store (%s)", entry.hash, entry.path, path)
             raise CorruptDataError(f"{entry.path}: blob {entry.hash} is missing from the store") from None
+        size = os.fstat(fd).st_size
+        if size != entry.size:
+            os.close(fd)
+            log.error(
+                "blob %s of %r has %d bytes in the store, not %d (%s)",
+                entry.hash,
+                entry.path,
+                size,
+                entry.size,
+                path,
+            )
+            raise CorruptDataError(f"{entry.path}: blob {entry.hash} is truncated or damaged in the store")
         super().__init__(entry, block_size, fd)
         if verified is not None:  # store blobs are write-once: what was verified stays verified
             self.verified = verified

@@ -431,10 +431,13 @@ def corrupt(path: Path, offset: int) -> None:
 def test_a_corrupt_block_is_eio_and_named_while_the_rest_is_served(
     tmp_path: Path, store_url: str, mount: MountFactory, in_place: bool
 ) -> None:
-    files = {"big.bin": patterned(9), "ok.txt": "fine\n"}
+    files = {"big.bin": patterned(9), "ok.txt": "fine\n", "short.bin": patterned(1, seed=7)}
     push(store_url, "ds", make_tree(tmp_path / "src", files))
-    blob = artfs.Store(store_url).artifact("ds:v0").get_path("big.bin").hash
-    corrupt(Path(store_url.removeprefix("file://")) / "blobs" / blob[:2] / blob, 5 * MiB)
+    v0 = artfs.Store(store_url).artifact("ds:v0")
+    blob, short = v0.get_path("big.bin").hash, v0.get_path("short.bin").hash
+    blobs = Path(store_url.removeprefix("file://")) / "blobs"
+    corrupt(blobs / blob[:2] / blob, 5 * MiB)
+    os.truncate(blobs / short[:2] / short, 1000)
     m = mount(store_url, *([] if in_place else ["--no-in-place"]))
     f = m.path / "ds:v0" / "big.bin"
     with open(f, "rb", buffering=0) as fh:
@@ -447,6 +450,8 @@ def test_a_corrupt_block_is_eio_and_named_while_the_rest_is_served(
         assert e.value.errno == errno.EIO
     assert (m.path / "ds:v0" / "ok.txt").read_text() == "fine\n"
     assert blob in m.log_text() and "corrupt" in m.log_text()
+    assert _errno_of(lambda: (m.path / "ds:v0" / "short.bin").read_bytes()) == errno.EIO
+    assert short in m.log_text() and "bug" not in m.log_text()
 
 
 def test_sigkill_leaves_a_cache_the_next_mount_reuses(
