@@ -398,7 +398,9 @@ class Filesystem:
         entry = self._entry(ino)
         if not entry.size:
             return Opened(self._add_handle(_Handle()), keep_cache=True, direct_io=False)
-        handle = _Handle(self._open_blob(entry), ahead=ReadAhead(self.blobs.block_size))
+        blob = self._open_blob(entry)
+        ahead = ReadAhead(blob.block_size) if len(blob.verified) > 1 else None  # streams need blocks
+        handle = _Handle(blob, ahead=ahead)
         return Opened(self._add_handle(handle), keep_cache=True, direct_io=False)
 
     def _open_blob(self, entry: Entry) -> BlobFile:
@@ -438,7 +440,8 @@ class Filesystem:
             data = blob.load_local(i)
             if data is None:
                 data = await self._once((blob.entry.hash, i), functools.partial(blob.fetch, i))
-            self.counters.update(blocks_verified=1, bytes_verified=len(data))
+            self.counters["blocks_verified"] += 1
+            self.counters["bytes_verified"] += len(data)
             loaded[i] = data
         return blob.read(offset, size, loaded)
 
