@@ -19,7 +19,8 @@
     │   └── ContentChangedError     a source file changed while it was being pushed
     ├── CorruptDataError            exit 6, EIO      bytes whose hash does not match their name
     └── StoreError                  exit 7, EIO
-        └── StoreFormatError        a store written by an incompatible artfs
+        ├── StoreFormatError        a store written by an incompatible artfs
+        └── StoreUnavailableError   unreachable, 5xx, throttled, timed out: retried, then raised
 
 The CLI turns these into one line on stderr and the exit code; the FUSE layer into the errno.
 Everything else raises domain errors, never bare OSError or ValueError across a module border.
@@ -116,3 +117,7 @@ class StoreError(ArtfsError):
 
 class StoreFormatError(StoreError):
     pass
+
+
+class StoreUnavailableError(StoreError):
+    """A failure that may go away: the retry helper retries these within a bound."""

@@ -10,7 +10,7 @@ from .base import Backend, ObjectInfo, Payload
 
 __all__ = ["Backend", "ObjectInfo", "Payload", "normalize_url", "open_backend"]
 
-SCHEMES = ("file",)
+SCHEMES = ("file", "s3")
 
 
 def normalize_url(url: str) -> str:
@@ -29,6 +29,12 @@ def open_backend(url: str) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend(parsed.path)
+    if parsed.scheme == "s3":
+        if len(parsed.netloc) < 3:
+            raise UnsupportedSchemeError(f"{url}: an S3 URL names a bucket: s3://bucket/prefix")
+        from .s3 import S3Backend
+
+        return S3Backend(parsed.netloc, parsed.path)
     raise UnsupportedSchemeError(
         f"{url}: unsupported store scheme {parsed.scheme!r} (supported: {', '.join(SCHEMES)})"
     )

@@ -80,10 +80,6 @@ class Backend(ABC):
         without an error. Lets a backend pay for durability once per batch, not once per object."""
         return contextlib.nullcontext()
 
-    def is_transient(self, exc: BaseException) -> bool:
-        """True when retrying the failed call may succeed (throttling, 5xx, resets, timeouts)."""
-        return False
-
     def local_path(self, key: str) -> str | None:
         """A path where the object can be read in place on this machine, or None."""
         return None

@@ -1,0 +1,254 @@
+"""S3 and S3-compatible stores (MinIO, SeaweedFS, GCS's interoperability endpoint): `s3://bucket/prefix`.
+
+Credentials and region come from boto3's standard chain (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, …);
+`$S3_ENDPOINT_URL` (or `artfs --s3-endpoint`) points at a non-AWS server. Conditional writes are
+S3's own: `If-None-Match: *` claims a key once, `If-Match: <etag>` replaces (or deletes) exactly
+the value that was read. boto3's retries are off: every request goes through `retry.call`, the
+one policy for all stores. A conditional write whose answer was lost and that is retried may
+find its own write in place: it is recognised by its bytes and counts as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
+
+from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
+from . import retry
+from .base import Backend, ObjectInfo, Payload
+
+T = TypeVar("T")
+PART = 16 * 1024 * 1024  # multipart above this size; parts grow for very large objects
+MAX_PARTS = 9000
+UNAVAILABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
+                     "InternalError", "ConditionalRequestConflict"}  # fmt: skip
+DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+
+
+class S3Backend(Backend):
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+        endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
+        session = boto3.session.Session()
+        config = Config(
+            retries={"max_attempts": 1, "mode": "standard"},  # retry.call retries, once
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=64,
+            s3={"addressing_style": "path"} if endpoint else None,
+        )
+        region = session.region_name or ("us-east-1" if endpoint else None)
+        self._client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        def attempt() -> T:
+            with self._errors(key):
+                return fn()
+
+        return retry.call(f"{self.url}: {what} {key}", attempt)
+
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """botocore's exceptions become domain errors naming the store and the key."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            yield
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            message = e.response.get("Error", {}).get("Message", "") or code
+            if code in ("NoSuchKey", "NotFound") or (status == 404 and code != "NoSuchBucket"):
+                raise ObjectNotFoundError(key) from None
+            if code == "NoSuchBucket":
+                raise StoreError(f"{self.url}: bucket {self.bucket!r} does not exist") from None
+            if code == "PreconditionFailed" or status == 412:
+                raise PreconditionFailedError(key) from None
+            if code in DENIED_CODES or status in (401, 403):
+                raise StoreError(f"{self.url}: access denied ({code}); check the credentials") from None
+            if code in UNAVAILABLE_CODES or status >= 500 or status in (408, 409, 429):
+                raise StoreUnavailableError(f"{self.url}: {key}: {message}") from None
+            raise StoreError(f"{self.url}: {key}: {message}") from None
+        except NoCredentialsError:
+            hint = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            raise StoreError(f"{self.url}: no AWS credentials ({hint})") from None
+        except (BotoCoreError, OSError) as e:  # connection refused or reset, timeouts, broken reads
+            raise StoreUnavailableError(f"{self.url}: {key}: {e}") from None
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, key: str) -> Payload:
+        def fn() -> Payload:
+            r = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return Payload(r["Body"].read(), r["ETag"])
+
+        return self._call("GET", key, fn)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+
+        def fn() -> bytes:
+            from botocore.exceptions import ClientError
+
+            try:
+                r = self._client.get_object(
+                    Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{start + length - 1}"
+                )
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # starts at or past the end
+                raise
+            data: bytes = r["Body"].read()
+            return data
+
+        return self._call("GET range", key, fn)
+
+    def stat(self, key: str) -> ObjectInfo:
+        def fn() -> ObjectInfo:
+            r = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return ObjectInfo(key, int(r["ContentLength"]), r["ETag"])
+
+        return self._call("HEAD", key, fn)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        def fn() -> list[ObjectInfo]:
+            out = []
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            )
+            for page in pages:
+                for o in page.get("Contents", []):
+                    out.append(ObjectInfo(o["Key"][len(self.prefix) :], int(o["Size"]), o.get("ETag", "")))
+            return out
+
+        return iter(sorted(self._call("LIST", prefix, fn), key=lambda o: o.key))
+
+    def list_dirs(self, prefix: str) -> Iterator[str]:
+        def fn() -> list[str]:
+            out = []
+            full = self._key(prefix)
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            )
+            for page in pages:
+                out += [p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            return out
+
+        return iter(sorted(self._call("LIST", prefix, fn)))
+
+    # -- writing -----------------------------------------------------------------------------
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> str:
+        conditions: dict[str, Any] = {}
+        if if_absent:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        attempts = 0
+
+        def fn() -> str:
+            nonlocal attempts
+            attempts += 1
+            r = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **conditions)
+            return str(r["ETag"])
+
+        try:
+            return self._call("PUT", key, fn)
+        except PreconditionFailedError:
+            if attempts > 1 and conditions:
+                with contextlib.suppress(ObjectNotFoundError):
+                    current = self.get(key)
+                    if current.data == data:  # our earlier attempt did land
+                        return current.etag
+            raise
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int, *, if_absent: bool = False) -> str:
+        part = max(PART, -(-size // MAX_PARTS))
+        if size <= part:
+            return self.put(key, _read_all(stream), if_absent=if_absent)
+        return self._multipart(key, stream, part, if_absent)
+
+    def _multipart(self, key: str, stream: BinaryIO, part: int, if_absent: bool) -> str:
+        full = self._key(key)
+        upload = self._call(
+            "start upload", key, lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full)
+        )
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            number = 1
+            while chunk := _read_exactly(stream, part):
+                send = functools.partial(
+                    self._client.upload_part,
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunk,
+                )
+                r = self._call(f"upload part {number}", key, send)
+                parts.append({"PartNumber": number, "ETag": r["ETag"]})
+                number += 1
+            if stream.read(1):  # the verifying reader raises here if the content changed
+                raise StoreError(f"{key}: the source grew while it was being uploaded")
+            extra = {"IfNoneMatch": "*"} if if_absent else {}
+            r = self._call(
+                "complete upload",
+                key,
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                    **extra,
+                ),
+            )
+            return str(r["ETag"])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        if if_match is None:
+            self._call(
+                "DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            )
+            return
+        try:
+            self._call(
+                "DELETE",
+                key,
+                lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=if_match),
+            )
+        except ObjectNotFoundError:
+            raise PreconditionFailedError(key) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n and (chunk := stream.read(n - got)):
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_all(stream: BinaryIO) -> bytes:
+    """Read to the end, so a verifying reader checks the content before anything is sent."""
+    chunks = []
+    while chunk := stream.read(PART):
+        chunks.append(chunk)
+    return b"".join(chunks)
