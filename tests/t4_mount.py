@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 
 import artfs
+from artfs import keys
 from artfs.daemon import is_artfs_mount
+from artfs.storage import open_backend
 
 from .conftest import ARTFS, make_tree, run_cli
 
@@ -168,10 +170,10 @@ def run(*argv: str, cwd: Path | None = None) -> str:
 
 
 def test_ordinary_tools_see_exactly_what_was_pushed(
-    tmp_path: Path, store_url: str, rich_tree: Path, mount: MountFactory
+    tmp_path: Path, backend_url: str, rich_tree: Path, mount: MountFactory
 ) -> None:
-    push(store_url, "rich", rich_tree)
-    m = mount(store_url)
+    push(backend_url, "rich", rich_tree)
+    m = mount(backend_url)
     v = m.path / "rich:v0"
 
     assert sorted(os.listdir(m.path)) == [".artfs", "rich:latest", "rich:v0"]
@@ -199,7 +201,7 @@ def test_ordinary_tools_see_exactly_what_was_pushed(
     }.items():
         dest = tmp_path / tool
         run(*argv, f"{v}/" if tool == "rsync" else str(v), str(dest))
-        check = run_cli("verify", "rich:v0", str(dest), store=store_url)
+        check = run_cli("verify", "rich:v0", str(dest), store=backend_url)
         assert check.returncode == 0, f"{tool}: {check.stdout}{check.stderr}"
     assert (
         os.stat(tmp_path / "cp-a/data/big.bin").st_mtime_ns == os.stat(rich_tree / "data/big.bin").st_mtime_ns
@@ -209,7 +211,7 @@ def test_ordinary_tools_see_exactly_what_was_pushed(
     run("tar", "-cf", str(archive), "-C", str(v), ".")
     (tmp_path / "untar").mkdir()
     run("tar", "-xf", str(archive), "-C", str(tmp_path / "untar"))
-    assert run_cli("verify", "rich:v0", str(tmp_path / "untar"), store=store_url).returncode == 0
+    assert run_cli("verify", "rich:v0", str(tmp_path / "untar"), store=backend_url).returncode == 0
 
     sums = run("sha256sum", "README.md", "data/big.bin", "dir with space/naïve ü.txt", cwd=v)
     assert sums == run("sha256sum", "README.md", "data/big.bin", "dir with space/naïve ü.txt", cwd=rich_tree)
@@ -314,11 +316,13 @@ def patterned(n_mib: int, seed: int = 0) -> bytes:
     return b"".join((seed << 32 | i).to_bytes(8, "little") * (MiB // 8) for i in range(n_mib))
 
 
-def test_reads_fetch_only_the_blocks_they_touch(tmp_path: Path, store_url: str, mount: MountFactory) -> None:
+def test_reads_fetch_only_the_blocks_they_touch(
+    tmp_path: Path, backend_url: str, mount: MountFactory
+) -> None:
     big = patterned(200)
     src = make_tree(tmp_path / "src", {"big.bin": big, "small.txt": "x"})
-    push(store_url, "big", src)
-    m = mount(store_url, "--no-in-place")
+    push(backend_url, "big", src)
+    m = mount(backend_url, "--no-in-place")
 
     run("ls", "-lR", str(m.path))
     run("find", str(m.path))
@@ -346,11 +350,11 @@ def test_reads_fetch_only_the_blocks_they_touch(tmp_path: Path, store_url: str, 
 
 
 def test_many_readers_of_a_cold_block_cause_one_fetch(
-    tmp_path: Path, store_url: str, mount: MountFactory
+    tmp_path: Path, backend_url: str, mount: MountFactory
 ) -> None:
     data = patterned(4)
-    push(store_url, "one", make_tree(tmp_path / "src", {"f.bin": data}))
-    m = mount(store_url, "--no-in-place")
+    push(backend_url, "one", make_tree(tmp_path / "src", {"f.bin": data}))
+    m = mount(backend_url, "--no-in-place")
     path = m.path / "one:v0" / "f.bin"
     results: list[bytes] = []
     barrier = threading.Barrier(8)
@@ -429,16 +433,18 @@ def corrupt(path: Path, offset: int) -> None:
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "cached"])
 def test_a_corrupt_block_is_eio_and_named_while_the_rest_is_served(
-    tmp_path: Path, store_url: str, mount: MountFactory, in_place: bool
+    tmp_path: Path, backend_url: str, mount: MountFactory, in_place: bool
 ) -> None:
     files = {"big.bin": patterned(9), "ok.txt": "fine\n", "short.bin": patterned(1, seed=7)}
-    push(store_url, "ds", make_tree(tmp_path / "src", files))
-    v0 = artfs.Store(store_url).artifact("ds:v0")
+    push(backend_url, "ds", make_tree(tmp_path / "src", files))
+    v0 = artfs.Store(backend_url).artifact("ds:v0")
     blob, short = v0.get_path("big.bin").hash, v0.get_path("short.bin").hash
-    blobs = Path(store_url.removeprefix("file://")) / "blobs"
-    corrupt(blobs / blob[:2] / blob, 5 * MiB)
-    os.truncate(blobs / short[:2] / short, 1000)
-    m = mount(store_url, *([] if in_place else ["--no-in-place"]))
+    with open_backend(backend_url) as store:  # overwritten behind artfs's back
+        damaged = bytearray(store.get(keys.blob(blob)).data)
+        damaged[5 * MiB] ^= 0xFF
+        store.put(keys.blob(blob), bytes(damaged))
+        store.put(keys.blob(short), store.get(keys.blob(short)).data[:1000])
+    m = mount(backend_url, *([] if in_place else ["--no-in-place"]))
     f = m.path / "ds:v0" / "big.bin"
     with open(f, "rb", buffering=0) as fh:
         assert fh.read(MiB) == files["big.bin"][:MiB]  # block 0 is intact
@@ -455,16 +461,16 @@ def test_a_corrupt_block_is_eio_and_named_while_the_rest_is_served(
 
 
 def test_sigkill_leaves_a_cache_the_next_mount_reuses(
-    tmp_path: Path, store_url: str, mount: MountFactory
+    tmp_path: Path, backend_url: str, mount: MountFactory
 ) -> None:
     data = patterned(9)
-    push(store_url, "ds", make_tree(tmp_path / "src", {"big.bin": data}))
-    m = mount(store_url, "--no-in-place")
+    push(backend_url, "ds", make_tree(tmp_path / "src", {"big.bin": data}))
+    m = mount(backend_url, "--no-in-place")
     assert (m.path / "ds:v0" / "big.bin").read_bytes() == data
     assert m.stats()["blocks_fetched"] == 3
     m.kill()
 
-    again = mount(store_url, "--no-in-place", path=m.path)  # clears the dead mount itself
+    again = mount(backend_url, "--no-in-place", path=m.path)  # clears the dead mount itself
     assert "clearing a dead artfs mount" in again.log_text()
     assert (again.path / "ds:v0" / "big.bin").read_bytes() == data
     s = again.stats()
@@ -472,9 +478,9 @@ def test_sigkill_leaves_a_cache_the_next_mount_reuses(
     again.kill()
 
     # a block torn by a crash is caught by its hash, dropped and fetched again
-    blob = artfs.Store(store_url).artifact("ds:v0").get_path("big.bin").hash
+    blob = artfs.Store(backend_url).artifact("ds:v0").get_path("big.bin").hash
     corrupt(next(m.cache.rglob(blob)), 4 * MiB + 10)
-    third = mount(store_url, "--no-in-place", path=m.path)
+    third = mount(backend_url, "--no-in-place", path=m.path)
     assert (third.path / "ds:v0" / "big.bin").read_bytes() == data
     s = third.stats()
     assert (s["blocks_fetched"], s["cache_blocks_dropped"]) == (1, 1)
@@ -491,27 +497,27 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> float:
 
 
 def test_new_versions_and_moved_aliases_show_up_and_open_files_keep_their_version(
-    tmp_path: Path, store_url: str, mount: MountFactory
+    tmp_path: Path, backend_url: str, mount: MountFactory
 ) -> None:
     src = make_tree(tmp_path / "src", {"data.txt": "version zero\n"})
-    push(store_url, "ds", src)
-    m = mount(store_url)
+    push(backend_url, "ds", src)
+    m = mount(backend_url)
     latest = m.path / "ds:latest" / "data.txt"
     assert latest.read_text() == "version zero\n"
     with open(latest, "rb") as held:
         (src / "data.txt").write_text("version one!\n")
-        push(store_url, "ds", src)
+        push(backend_url, "ds", src)
         waited = wait_until(lambda: latest.read_text() == "version one!\n")
         assert waited < 3
         assert "ds:v1" in os.listdir(m.path)
         assert held.read() == b"version zero\n"  # opened under v0: stays v0
-    assert run_cli("alias", "ds:v0", "best", store=store_url).returncode == 0
+    assert run_cli("alias", "ds:v0", "best", store=backend_url).returncode == 0
     wait_until(lambda: (m.path / "ds:best" / "data.txt").exists())
     assert (m.path / "ds:best" / "data.txt").read_text() == "version zero\n"
-    assert run_cli("alias", "ds:v1", "best", store=store_url).returncode == 0
+    assert run_cli("alias", "ds:v1", "best", store=backend_url).returncode == 0
     wait_until(lambda: (m.path / "ds:best" / "data.txt").read_text() == "version one!\n")
     wait_until(lambda: "ds:best" in os.listdir(m.path) and m.stats().get("entries_invalidated", 0) >= 2)
-    assert run_cli("delete", "ds:v0", store=store_url).returncode == 0
+    assert run_cli("delete", "ds:v0", store=backend_url).returncode == 0
     wait_until(lambda: "ds:v0" not in os.listdir(m.path))
     assert _errno_of(lambda: os.stat(m.path / "ds:v0x")) == errno.ENOENT
     assert (m.path / "ds:1" / "data.txt").read_text() == "version one!\n"  # any ref resolves
