@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -98,13 +99,20 @@ def table(*columns: str) -> Table:
     "--store",
     envvar="ARTFS_STORE",
     metavar="URL",
-    help="Store to use: file:///path (or a path). Default: $ARTFS_STORE, else the embedded store "
-    "in $XDG_DATA_HOME/artfs/store.",
+    help="Store to use: file:///path (or a path), s3://bucket/prefix. Default: $ARTFS_STORE, else "
+    "the embedded store in $XDG_DATA_HOME/artfs/store.",
+)
+@click.option(
+    "--s3-endpoint",
+    envvar="S3_ENDPOINT_URL",
+    metavar="URL",
+    help="S3-compatible server for s3:// stores (MinIO, SeaweedFS, …). Default: $S3_ENDPOINT_URL, "
+    "else AWS. Credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, …).",
 )
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="artfs")
 @click.pass_context
-def main(ctx: click.Context, store: str | None, verbose: int) -> None:
+def main(ctx: click.Context, store: str | None, s3_endpoint: str | None, verbose: int) -> None:
     """Versioned artifacts (datasets, models, results) you can use as directories.
 
     \b
@@ -115,6 +123,8 @@ def main(ctx: click.Context, store: str | None, verbose: int) -> None:
       artfs verify bike-dataset:v0 ./work
     """
     setup_logging(verbose)
+    if s3_endpoint:  # the environment carries it to daemons started from here too
+        os.environ["S3_ENDPOINT_URL"] = s3_endpoint
     ctx.obj = Store(store)
     ctx.call_on_close(ctx.obj.close)
 

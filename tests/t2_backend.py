@@ -148,3 +148,58 @@ def test_eight_concurrent_pushes_make_eight_versions(backend_url: str, tmp_path:
     assert len({v["digest"] for v in listing}) == 8  # none overwritten by another
     info = json.loads(run_cli("info", "shared:latest", "--json", store=backend_url).stdout)
     assert info["number"] == 7
+
+
+def test_large_streams_go_up_in_parts_and_an_abort_leaves_nothing(backend: Backend) -> None:
+    data = b"".join(i.to_bytes(4, "little") * 262_144 for i in range(40))  # 40 MiB: several parts
+    assert backend.put_stream("large", io.BytesIO(data), len(data), if_absent=True)
+    assert backend.get_range("large", 39 * 1024 * 1024, 8) == (39).to_bytes(4, "little") * 2
+    with pytest.raises(PreconditionFailedError):
+        backend.put_stream("large", io.BytesIO(data), len(data), if_absent=True)
+
+    class FailsLate(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            if self.tell() > 20 * 1024 * 1024:
+                raise RuntimeError("source went away")
+            return super().read(n)
+
+    with pytest.raises(RuntimeError):
+        backend.put_stream("other", FailsLate(data), len(data), if_absent=True)
+    assert not backend.exists("other")
+
+
+EDITOR = """
+import sys
+import artfs
+from artfs.errors import ConflictError
+store, k = artfs.Store(sys.argv[1]), int(sys.argv[2])
+while True:  # a lost compare-and-swap is reported; the loser reads again and retries
+    v = store.artifact("shared:v0")
+    v.metadata[f"p{k}"] = k
+    try:
+        v.save()
+        break
+    except ConflictError:
+        pass
+mine = store.artifact(f"shared:v{k}")
+mine.aliases.append("best")
+mine.save()
+"""
+
+
+def test_concurrent_metadata_edits_and_alias_moves_lose_nothing(backend_url: str, tmp_path: Path) -> None:
+    import artfs
+
+    store = artfs.Store(backend_url)
+    for k in range(8):
+        art = artfs.Artifact("shared", type="dataset")
+        with art.new_file("k.txt") as f:
+            f.write(str(k))
+        store.log_artifact(art)
+    procs = [subprocess.Popen([sys.executable, "-c", EDITOR, backend_url, str(k)]) for k in range(8)]
+    assert [p.wait(120) for p in procs] == [0] * 8
+    v0 = store.artifact("shared:v0")
+    assert v0.metadata == {f"p{k}": k for k in range(8)}  # every edit landed, none overwritten
+    best = store.artifact("shared:best")
+    assert best.number in range(8) and best.aliases.count("best") == 1
+    assert sorted(store.catalog.aliases("shared")) == ["best", "latest"]

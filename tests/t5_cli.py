@@ -195,3 +195,25 @@ def test_push_killed_mid_upload_leaves_no_version(store_url: str, tmp_path: Path
     out = tmp_path / "out"
     assert run_cli("checkout", "ds:v1", str(out), store=store_url).returncode == 0
     assert run_cli("verify", "ds:v1", str(src), store=store_url).returncode == 0
+
+
+def test_s3_endpoint_option_and_permanent_store_errors(seaweedfs: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": "a"})
+    env = {k: v for k, v in os.environ.items() if k != "S3_ENDPOINT_URL"}
+
+    def artfs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ARTFS, *args], capture_output=True, text=True, env=env, timeout=120)
+
+    store = f"s3://artfs-test/cli-{os.getpid()}"
+    done = artfs("--s3-endpoint", seaweedfs, "--store", store, "push", "ds", str(src))
+    assert done.returncode == 0 and done.stdout.strip() == "ds:v0", done.stderr
+    assert "v0       latest" in artfs("--s3-endpoint", seaweedfs, "--store", store, "ls", "ds").stdout
+
+    missing = artfs("--s3-endpoint", seaweedfs, "--store", "s3://no-such-bucket/x", "push", "ds", str(src))
+    assert missing.returncode == 7 and "bucket 'no-such-bucket' does not exist" in missing.stderr
+    assert missing.stderr.count("\n") == 1  # one line, no traceback
+
+    started = time.monotonic()
+    down = artfs("--s3-endpoint", "http://127.0.0.1:9", "--store", store, "ls")
+    assert down.returncode == 7 and "127.0.0.1:9" in down.stderr, down.stderr
+    assert time.monotonic() - started < 60  # retried within a bound, then reported
