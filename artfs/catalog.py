@@ -3,7 +3,9 @@
 Concurrency without a server:
 - a version number is claimed with put-if-absent; a committer that loses the race takes N+1, so
   no version is ever overwritten and numbers are never reused (deleting leaves a tombstone);
-- aliases move with compare-and-swap and retry on conflict, so no move is silently lost;
+- aliases move with compare-and-swap and retry on conflict, so no move is silently lost; an
+  alias is removed the same way, by swapping in `{"version": null}`, so removal needs no
+  conditional delete (the precondition S3-compatible servers and GCS emulators support least);
 - `latest` only moves forward when versions are committed; it moves back only when the version
   it names is deleted.
 """
@@ -113,11 +115,16 @@ class Catalog:
 
     def _alias_target(self, name: str, alias: str) -> int | None:
         try:
-            doc, _ = self.backend.get_json(keys.alias(name, alias))
-            return int(doc["version"])
+            return self._read_alias(name, alias)[0]
         except ObjectNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
+
+    def _read_alias(self, name: str, alias: str) -> tuple[int | None, str]:
+        """The version an alias record names (None: removed) and its etag."""
+        doc, etag = self.backend.get_json(keys.alias(name, alias))
+        try:
+            return (None if doc["version"] is None else int(doc["version"])), etag
+        except (KeyError, TypeError, ValueError):
             raise CorruptDataError(f"alias record {name}:{alias} is malformed") from None
 
     def latest(self, name: str) -> VersionRecord | None:
@@ -186,12 +193,11 @@ class Catalog:
         for attempt in range(CAS_ATTEMPTS):
             try:
                 try:
-                    doc, etag = self.backend.get_json(key)
+                    current, etag = self._read_alias(name, alias)
                 except ObjectNotFoundError:
                     self.backend.put_json(key, {"version": number}, if_absent=True)
                     return True
-                current = int(doc["version"])
-                if current == number or (forward_only and current > number):
+                if current == number or (forward_only and current is not None and current > number):
                     return False
                 self.backend.put_json(key, {"version": number}, if_match=etag)
                 return True
@@ -204,13 +210,13 @@ class Catalog:
         key = keys.alias(name, alias)
         for attempt in range(CAS_ATTEMPTS):
             try:
-                doc, etag = self.backend.get_json(key)
+                current, etag = self._read_alias(name, alias)
             except ObjectNotFoundError:
                 return False
-            if expected is not None and int(doc["version"]) != expected:
+            if current is None or (expected is not None and current != expected):
                 return False
             try:
-                self.backend.delete(key, if_match=etag)
+                self.backend.put_json(key, {"version": None}, if_match=etag)
                 return True
             except PreconditionFailedError:
                 _backoff(attempt)
@@ -255,8 +261,8 @@ class Catalog:
         key = keys.alias(name, LATEST)
         for attempt in range(CAS_ATTEMPTS):
             try:
-                doc, etag = self.backend.get_json(key)
-                if int(doc["version"]) != deleted:
+                current, etag = self._read_alias(name, LATEST)
+                if current != deleted:
                     return
                 self.backend.put_json(key, {"version": newest}, if_match=etag)
                 return

@@ -56,10 +56,9 @@ def test_put_if_match_is_compare_and_swap(backend: Backend) -> None:
     assert backend.get("k").data == b"2"
     with pytest.raises(PreconditionFailedError):
         backend.put("missing", b"x", if_match=e2)
-    with pytest.raises(PreconditionFailedError):
-        backend.delete("k", if_match=e1)
-    backend.delete("k", if_match=e2)
+    backend.delete("k")
     assert not backend.exists("k")
+    backend.put("k", b"4", if_absent=True)  # a deleted key can be claimed again
 
 
 def test_list_and_list_dirs(backend: Backend) -> None:
@@ -203,3 +202,22 @@ def test_concurrent_metadata_edits_and_alias_moves_lose_nothing(backend_url: str
     best = store.artifact("shared:best")
     assert best.number in range(8) and best.aliases.count("best") == 1
     assert sorted(store.catalog.aliases("shared")) == ["best", "latest"]
+
+
+def test_an_alias_is_removed_by_compare_and_swap_and_can_come_back(backend: Backend) -> None:
+    from artfs.catalog import Catalog, VersionRecord
+    from artfs.errors import VersionNotFoundError
+    from artfs.names import Ref
+
+    catalog = Catalog(backend)
+    for _ in range(2):
+        catalog.claim("ds", lambda number: VersionRecord("ds", number, "dataset"))
+    assert catalog.set_alias("ds", "best", 0)
+    assert not catalog.delete_alias("ds", "best", expected=1)  # names v0, not v1: kept
+    assert catalog.delete_alias("ds", "best", expected=0)
+    assert not catalog.delete_alias("ds", "best")  # already gone
+    assert "best" not in catalog.aliases("ds")
+    with pytest.raises(VersionNotFoundError):
+        catalog.resolve(Ref.parse("ds:best"))
+    assert catalog.set_alias("ds", "best", 1)
+    assert catalog.resolve(Ref.parse("ds:best")).number == 1

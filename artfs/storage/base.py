@@ -71,8 +71,9 @@ class Backend(ABC):
         """The next path component of every key below `prefix` (which ends in `/`), sorted."""
 
     @abstractmethod
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
-        """Remove a key; a missing key is not an error unless `if_match` is given."""
+    def delete(self, key: str) -> None:
+        """Remove a key; a missing key is not an error. (Not conditional: the catalog never
+        needs that, and many S3-compatible servers and the GCS emulator do not enforce it.)"""
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """Group many write-once `put_stream(if_absent=True)` calls (content-addressed blobs):

@@ -234,15 +234,6 @@ class LocalBackend(Backend):
             names = []
         return iter(sorted(n for n in names if not n.startswith(".")))
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
-        path = self._path(key)
+    def delete(self, key: str) -> None:
         with self._errors(key):
-            if if_match is None:
-                path.unlink(missing_ok=True)
-                return
-            if not path.parent.is_dir():
-                raise PreconditionFailedError(key)
-            with _dir_lock(path.parent):
-                if self._current_etag(path) != if_match:
-                    raise PreconditionFailedError(key)
-                path.unlink()
+            self._path(key).unlink(missing_ok=True)

@@ -219,20 +219,8 @@ class S3Backend(Backend):
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             raise
 
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
-        if if_match is None:
-            self._call(
-                "DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
-            )
-            return
-        try:
-            self._call(
-                "DELETE",
-                key,
-                lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=if_match),
-            )
-        except ObjectNotFoundError:
-            raise PreconditionFailedError(key) from None
+    def delete(self, key: str) -> None:
+        self._call("DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def close(self) -> None:
         self._client.close()
