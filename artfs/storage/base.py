@@ -96,6 +96,14 @@ class Backend(ABC):
             return False
         return True
 
+    def holds(self, key: str, data: bytes) -> str | None:
+        """The etag of `key` if it holds exactly `data`, else None."""
+        try:
+            current = self.get(key)
+        except ObjectNotFoundError:
+            return None
+        return current.etag if current.data == data else None
+
     def get_json(self, key: str) -> tuple[Any, str]:
         payload = self.get(key)
         return json.loads(payload.data), payload.etag
@@ -109,3 +117,12 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_all(stream: BinaryIO, chunk: int = 16 * 1024 * 1024) -> bytes:
+    """Read a stream to its end, so a verifying reader checks the content before any of it is
+    sent anywhere."""
+    chunks = []
+    while data := stream.read(chunk):
+        chunks.append(data)
+    return b"".join(chunks)

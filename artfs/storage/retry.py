@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import tenacity
 
-from ..errors import StoreUnavailableError
+from ..errors import PreconditionFailedError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +37,22 @@ def call(what: str, fn: Callable[[], T]) -> T:
         reraise=True,
     )
     return retrying(fn)
+
+
+def put_once(what: str, send: Callable[[], str], landed: Callable[[], str | None], conditional: bool) -> str:
+    """A write, retried like `call`. A conditional write that had to be retried and then fails
+    its precondition may have landed on an earlier attempt whose answer was lost: `landed()`
+    returns the etag when the store holds exactly our bytes, and then the write counts as done."""
+    attempts = 0
+
+    def attempt() -> str:
+        nonlocal attempts
+        attempts += 1
+        return send()
+
+    try:
+        return call(what, attempt)
+    except PreconditionFailedError:
+        if conditional and attempts > 1 and (etag := landed()) is not None:
+            return etag
+        raise

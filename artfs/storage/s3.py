@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
 from . import retry
-from .base import Backend, ObjectInfo, Payload
+from .base import Backend, ObjectInfo, Payload, read_all
 
 T = TypeVar("T")
 PART = 16 * 1024 * 1024  # multipart above this size; parts grow for very large objects
@@ -154,28 +154,18 @@ class S3Backend(Backend):
             conditions["IfNoneMatch"] = "*"
         if if_match is not None:
             conditions["IfMatch"] = if_match
-        attempts = 0
 
-        def fn() -> str:
-            nonlocal attempts
-            attempts += 1
-            r = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **conditions)
+        def send() -> str:
+            with self._errors(key):
+                r = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **conditions)
             return str(r["ETag"])
 
-        try:
-            return self._call("PUT", key, fn)
-        except PreconditionFailedError:
-            if attempts > 1 and conditions:
-                with contextlib.suppress(ObjectNotFoundError):
-                    current = self.get(key)
-                    if current.data == data:  # our earlier attempt did land
-                        return current.etag
-            raise
+        return retry.put_once(f"{self.url}: PUT {key}", send, lambda: self.holds(key, data), bool(conditions))
 
     def put_stream(self, key: str, stream: BinaryIO, size: int, *, if_absent: bool = False) -> str:
         part = max(PART, -(-size // MAX_PARTS))
         if size <= part:
-            return self.put(key, _read_all(stream), if_absent=if_absent)
+            return self.put(key, read_all(stream), if_absent=if_absent)
         return self._multipart(key, stream, part, if_absent)
 
     def _multipart(self, key: str, stream: BinaryIO, part: int, if_absent: bool) -> str:
@@ -231,12 +221,4 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     while got < n and (chunk := stream.read(n - got)):
         chunks.append(chunk)
         got += len(chunk)
-    return b"".join(chunks)
-
-
-def _read_all(stream: BinaryIO) -> bytes:
-    """Read to the end, so a verifying reader checks the content before anything is sent."""
-    chunks = []
-    while chunk := stream.read(PART):
-        chunks.append(chunk)
     return b"".join(chunks)
