@@ -39,7 +39,7 @@ from . import __version__
 from .blobs import BlobStore
 from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
 from .catalog import Catalog, VersionRecord
-from .errors import InvalidInputError, NotFoundError
+from .errors import InvalidInputError, NotFoundError, StoreError, StoreUnavailableError
 from .manifest import Entry, Manifest
 from .names import Ref
 from .prefetch import ReadAhead
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 ROOT_TIMEOUT = 1.0
 TREE_TIMEOUT = 24 * 3600.0
+FAIL_FAST = 10.0  # seconds after a fetch found the store unreachable
 ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
 META_DIR = ".artfs"
 INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`
@@ -178,6 +179,7 @@ class Filesystem:
         # cached: an alias moved, a version was deleted (FUSE: invalidate_entry_async).
         self.invalidate: Callable[[int, str], None] | None = None
         self._named: dict[str, int] = {}  # root name → the instance it last resolved to
+        self._down_until = 0.0  # until then, fetches fail without asking the store
         self.counters: Counter[str] = Counter()  # loop-thread only; the cache counts its own
 
     # -- single-flight -----------------------------------------------------------------------
@@ -199,6 +201,18 @@ class Filesystem:
         if flight.error is not None:
             raise flight.error
         return flight.data
+
+    async def _ask(self, key: Any, fn: Callable[[], Any]) -> Any:
+        """`_once` for anything that asks the store. Once the store was found unreachable (after
+        the retries), fail fast for a while: every request would otherwise wait them out again
+        (and the kernel repeats a failed read)."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailableError(f"{self.blobs.backend.url} is unreachable (asking again shortly)")
+        try:
+            return await self._once(key, fn)
+        except StoreUnavailableError:
+            self._down_until = time.monotonic() + FAIL_FAST
+            raise
 
     # -- the root ----------------------------------------------------------------------------
     def _instance(self, dirname: str, record: VersionRecord) -> Instance:
@@ -234,7 +248,15 @@ class Filesystem:
     async def _root_entries(self) -> list[Instance]:
         stamp, entries = self._listing
         if time.monotonic() - stamp > ROOT_TIMEOUT:
-            listing = await self._once("listing", self._read_listing)
+            try:
+                listing = await self._ask("listing", self._read_listing)
+            except StoreError as e:
+                known = [i for i in (self._instances[n] for n in self._named.values()) if i is not None]
+                if not known:
+                    raise
+                log.warning("store unreachable; listing the %d names known so far: %s", len(known), e)
+                self._listing = (time.monotonic(), known)  # ask again after ROOT_TIMEOUT, not now
+                return known
             entries = [self._instance(d, r) for d, r in listing]
             for gone in {i.dirname for i in self._listing[1]} - {i.dirname for i in entries}:
                 self._named.pop(gone, None)
@@ -251,7 +273,14 @@ class Filesystem:
             return None
 
     async def _lookup_instance(self, dirname: str) -> Instance | None:
-        record = await self._once(("resolve", dirname), lambda: self._resolve(dirname))
+        try:
+            record = await self._ask(("resolve", dirname), lambda: self._resolve(dirname))
+        except StoreError as e:
+            known = self._named.get(dirname)
+            if known is None:
+                raise
+            log.warning("store unreachable; %s still names what it last did: %s", dirname, e)
+            return self._instances[known]
         return None if record is None else self._instance(dirname, record)
 
     # -- inodes ------------------------------------------------------------------------------
@@ -267,9 +296,7 @@ class Filesystem:
             digest = inst.record.manifest
             tree = self._trees.get(digest)
             if tree is None:
-                tree = await self._once(
-                    ("tree", digest), lambda: VersionTree(self.blobs.get_manifest(digest))
-                )
+                tree = await self._ask(("tree", digest), lambda: VersionTree(self.blobs.get_manifest(digest)))
                 self._trees[digest] = tree
             inst.tree = tree
         return inst.tree
@@ -439,11 +466,15 @@ class Filesystem:
                 continue
             data = blob.load_local(i)
             if data is None:
-                data = await self._once((blob.entry.hash, i), functools.partial(blob.fetch, i))
+                data = await self._fetch(blob, i)
             self.counters["blocks_verified"] += 1
             self.counters["bytes_verified"] += len(data)
             loaded[i] = data
         return blob.read(offset, size, loaded)
+
+    async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
+        data: Buffer = await self._ask((blob.entry.hash, index), functools.partial(blob.fetch, index))
+        return data
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
         assert self.background is not None and handle.ahead is not None
@@ -461,7 +492,7 @@ class Filesystem:
     async def _load_ahead(self, blob: BlobFile, index: int) -> None:
         key = (blob.entry.hash, index)
         try:
-            await self._once(key, functools.partial(blob.fetch, index))
+            await self._fetch(blob, index)
         except Exception as e:  # the reader gets the error if it reaches this block
             log.debug("read-ahead of block %d of blob %s: %s", index, blob.entry.hash, e)
         finally:

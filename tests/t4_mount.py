@@ -29,7 +29,7 @@ from artfs import keys
 from artfs.daemon import is_artfs_mount
 from artfs.storage import open_backend
 
-from .conftest import ARTFS, make_tree, run_cli
+from .conftest import ARTFS, S3_BUCKET, SeaweedFS, make_tree, run_cli
 
 MiB = 1 << 20
 
@@ -93,13 +93,15 @@ def mount(tmp_path: Path) -> Iterator[MountFactory]:
     started: list[Mount] = []
     cache = tmp_path / "cache"
 
-    def start(store_url: str, *options: str, path: Path | None = None) -> Mount:
+    def start(
+        store_url: str, *options: str, path: Path | None = None, env: dict[str, str] | None = None
+    ) -> Mount:
         path = path or tmp_path / f"mnt{len(started)}"
         path.mkdir(exist_ok=True)
         log = tmp_path / f"mount{len(started)}.log"
         argv = [*ARTFS, "-v", "--store", store_url, "mount", "--foreground", "--cache-dir", str(cache)]
         with open(log, "ab") as out:
-            proc = subprocess.Popen([*argv, *options, str(path)], stdout=out, stderr=out)
+            proc = subprocess.Popen([*argv, *options, str(path)], stdout=out, stderr=out, env=env)
         m = Mount(path, proc, log, cache)
         started.append(m)
         wait_for_mount(path, proc, log)
@@ -650,3 +652,36 @@ def test_systemd_unit_verifies_and_keeps_the_mount_visible() -> None:
     )
     done = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_store_outage_gets_eio_for_what_is_not_cached_and_the_rest_keeps_working(
+    tmp_path: Path, own_s3: SeaweedFS, mount: MountFactory
+) -> None:
+    env = {**os.environ, "S3_ENDPOINT_URL": own_s3.endpoint}
+    url = f"s3://{S3_BUCKET}/outage"
+    files = {"a.bin": patterned(9, seed=1), "b.bin": patterned(9, seed=2)}
+    assert run_cli("push", "ds", str(make_tree(tmp_path / "src", files)), store=url, env=env).returncode == 0
+    m = mount(url, env=env)
+    v = m.path / "ds:v0"
+    assert (v / "a.bin").read_bytes() == files["a.bin"]  # all of a.bin is cached
+    with open(v / "b.bin", "rb") as f:
+        assert f.read(MiB) == files["b.bin"][:MiB]  # only the first block of b.bin
+
+    own_s3.kill()
+    Path("/proc/sys/vm/drop_caches").write_text("3")  # so reads reach the daemon, not the kernel
+    assert (v / "a.bin").read_bytes() == files["a.bin"]
+    started = time.monotonic()
+    with open(v / "b.bin", "rb", buffering=0) as f:
+        f.seek(8 * MiB)
+        with pytest.raises(OSError) as e:
+            f.read(MiB)
+        assert e.value.errno == errno.EIO
+        assert time.monotonic() - started < 45  # bounded retries, then an answer
+        f.seek(0)
+        assert f.read(MiB) == files["b.bin"][:MiB]
+    assert "ds:v0" in os.listdir(m.path)  # the listing it had
+    assert "unreachable" in m.log_text() or "retrying" in m.log_text()
+
+    own_s3.start()  # the store is back: so is everything
+    with open(v / "b.bin", "rb") as f:
+        assert f.read() == files["b.bin"]

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ARTFS, make_tree, run_cli
+from artfs.storage import open_backend
+
+from .conftest import ARTFS, S3_BUCKET, SeaweedFS, make_tree, run_cli
 
 COMMANDS = ["push", "ls", "info", "files", "diff", "download", "checkout", "verify", "alias", "delete"]
 
@@ -217,3 +219,43 @@ def test_s3_endpoint_option_and_permanent_store_errors(seaweedfs: str, tmp_path:
     down = artfs("--s3-endpoint", "http://127.0.0.1:9", "--store", store, "ls")
     assert down.returncode == 7 and "127.0.0.1:9" in down.stderr, down.stderr
     assert time.monotonic() - started < 60  # retried within a bound, then reported
+
+
+def test_a_push_through_a_store_outage_completes_or_leaves_no_version(
+    tmp_path: Path, own_s3: SeaweedFS
+) -> None:
+    env = {"S3_ENDPOINT_URL": own_s3.endpoint}
+    url = f"s3://{S3_BUCKET}/outage"
+    src = make_tree(tmp_path / "src", {"big.bin": os.urandom(48 * 1024 * 1024), "small.txt": "s"})
+    push = [*ARTFS, "--store", url, "push", "ds", str(src)]
+
+    # killed in the middle of the upload: either it finished first, or it fails and leaves nothing
+    proc = subprocess.Popen(
+        push, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    with open_backend(url) as store:
+        while proc.poll() is None and not store.exists("config"):  # the push is under way
+            time.sleep(0.02)
+    own_s3.kill()
+    out, err = proc.communicate(timeout=120)
+    own_s3.start()
+    listing = run_cli("ls", "ds", "--json", store=url, env=env)
+    if proc.returncode == 0:
+        assert json.loads(listing.stdout)[0]["version"] == "v0"
+    else:
+        assert proc.returncode == 7 and err.count("artfs: error:") == 1, err  # one clear error
+        assert "Traceback" not in err
+        assert listing.returncode == 4  # no version at all
+
+    # down when the push starts, back while it retries: it completes
+    own_s3.kill()
+    proc = subprocess.Popen(
+        push, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)
+    own_s3.start()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() in ("ds:v0", "unchanged: ds:v0")
+    check = run_cli("verify", "ds:latest", str(src), store=url, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -51,7 +51,7 @@ class GCSBackend(Backend):
             with self._errors(key):
                 return fn()
 
-        return retry.call(f"{self.url}: {what} {key}", attempt)
+        return retry.call(what, attempt)
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -59,6 +59,7 @@ class GCSBackend(Backend):
         import requests
         from google.api_core import exceptions as api
         from google.auth import exceptions as auth
+        from google.cloud.storage.exceptions import DataCorruption
 
         try:
             yield
@@ -70,6 +71,8 @@ class GCSBackend(Backend):
             raise StoreError(f"{self.url}: access denied ({e.message}); check the credentials") from None
         except (api.TooManyRequests, api.ServerError) as e:
             raise StoreUnavailableError(f"{self.url}: {key}: {e.message}") from None
+        except DataCorruption:  # bytes that do not match the object's CRC32C: read them again
+            raise StoreUnavailableError(f"{self.url}: {key}: a download failed its checksum") from None
         except api.GoogleAPICallError as e:
             raise StoreError(f"{self.url}: {key}: {e.message}") from None
         except auth.DefaultCredentialsError:
@@ -152,7 +155,7 @@ class GCSBackend(Backend):
                 blob.upload_from_string(data, retry=None, **conditions)
             return str(blob.generation)
 
-        return retry.put_once(f"{self.url}: PUT {key}", send, lambda: self.holds(key, data), bool(conditions))
+        return retry.put_once("PUT", send, lambda: self.holds(key, data), bool(conditions))
 
     def put_stream(self, key: str, stream: BinaryIO, size: int, *, if_absent: bool = False) -> str:
         # Uploads above 8 MiB are resumable; GCS checks their precondition, fake-gcs-server does

@@ -18,20 +18,21 @@ from ..errors import PreconditionFailedError, StoreUnavailableError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ATTEMPTS = 6
+ATTEMPTS = 10
 DEADLINE = 30.0  # seconds, over all attempts
 
 
 def call(what: str, fn: Callable[[], T]) -> T:
-    """`fn()`, retried while it raises StoreUnavailableError; `what` names it in the log."""
+    """`fn()`, retried while it raises StoreUnavailableError (whose message names the store and
+    the key); `what` names the request in the log."""
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(StoreUnavailableError),
         stop=tenacity.stop_after_attempt(ATTEMPTS) | tenacity.stop_after_delay(DEADLINE),
         wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=5.0),
         before_sleep=lambda state: log.warning(
-            "%s: %s; retrying (attempt %d)",
-            what,
+            "%s (%s); retrying, attempt %d",
             state.outcome.exception() if state.outcome else "?",
+            what,
             state.attempt_number,
         ),
         reraise=True,

@@ -56,7 +56,7 @@ class S3Backend(Backend):
             with self._errors(key):
                 return fn()
 
-        return retry.call(f"{self.url}: {what} {key}", attempt)
+        return retry.call(what, attempt)
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -160,7 +160,7 @@ class S3Backend(Backend):
                 r = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **conditions)
             return str(r["ETag"])
 
-        return retry.put_once(f"{self.url}: PUT {key}", send, lambda: self.holds(key, data), bool(conditions))
+        return retry.put_once("PUT", send, lambda: self.holds(key, data), bool(conditions))
 
     def put_stream(self, key: str, stream: BinaryIO, size: int, *, if_absent: bool = False) -> str:
         part = max(PART, -(-size // MAX_PARTS))
