@@ -1,33 +1,35 @@
-"""The mount over S3 against a plain threaded boto3 client, on the same SeaweedFS bucket (loopback),
-in the same run.
+"""The mount over S3 against its peers, on the same SeaweedFS bucket (loopback), in the same run:
+a plain threaded boto3 client, `rclone mount --vfs-cache-mode full` and `s3fs` (Debian packages
+rclone and s3fs; this script installs them if missing).
 
     .venv/bin/python bench/s3.py [--big-mib 1024] [--small 2500] [--listing 10000]
 
-Lines (artfs on a fresh mount and cache unless "warm"; page caches dropped before warm lines,
-so they measure artfs's block cache, not the kernel's):
+Every mount is fresh, with an empty cache, for each group of lines; page caches are dropped
+before the warm lines, so they measure each tool's own cache, not the kernel's.
   cold sequential      read a 1 GiB object            boto3: 16 threads of 8 MiB ranged GETs
   warm sequential      read it again                  boto3: download again (it keeps nothing)
   first MiB            open and read the first MiB    boto3: one ranged GET
   cold ls -lR          list 10,000 objects            boto3: a paginated listing
   small cold / warm    open+read 2,500 × 4 KiB        boto3: 16 threads of GETs
   random 4 KiB         1,000 reads in a 200 MiB one   boto3: one ranged GET each
-artfs's requests are block fetches (`.artfs/stats.json`); bytes are what it fetched.
+The ratio compares artfs with the best peer on each line (>1: artfs is better).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import boto3
 
@@ -99,15 +101,25 @@ def random_reads(path: Path, offsets: list[int]) -> None:
             os.pread(f.fileno(), 4096, o)
 
 
+PEERS = ("boto3", "rclone", "s3fs")
+LINES = {"cold sequential": "GB/s", "warm sequential": "GB/s", "first MiB": "ms", "cold ls -lR": "s",
+         "small cold": "f/s", "small warm": "f/s", "random 4 KiB": "r/s"}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=2500)
     ap.add_argument("--listing", type=int, default=10_000)
     args = ap.parse_args()
+    if not (shutil.which("rclone") and shutil.which("s3fs")):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "rclone", "s3fs"], check=True, stdout=subprocess.DEVNULL
+        )
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
+    os.environ.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 refuses to start with it, even for http
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "weed").mkdir()
@@ -118,16 +130,19 @@ def main() -> None:
             results = run(work, server.endpoint, args)
         finally:
             server.kill()
-    print(f"{'line':18} {'boto3':>18} {'artfs':>18} {'ratio':>7}")
-    for line, (base, ours, unit, higher_is_better) in results.items():
-        ratio = ours / base if higher_is_better else base / ours
-        print(f"{line:18} {base:14.2f} {unit:>3} {ours:14.2f} {unit:>3} {ratio:6.2f}x")
+    print(f"{'line':16} {'unit':>5} " + " ".join(f"{t:>9}" for t in (*PEERS, "artfs")) + "  ÷best peer")
+    for line, unit in LINES.items():
+        row = results[line]
+        lower_is_better = unit in ("ms", "s")
+        best = min if lower_is_better else max
+        peer = best(row[t] for t in PEERS if t in row)
+        ratio = peer / row["artfs"] if lower_is_better else row["artfs"] / peer
+        cells = " ".join(f"{row.get(t, float('nan')):9.2f}" for t in (*PEERS, "artfs"))
+        print(f"{line:16} {unit:>5} {cells}  {ratio:9.2f}x")
 
 
-def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, tuple[float, float, str, bool]]:
-    src = work / "src"
+def make_data(src: Path, args: argparse.Namespace) -> None:
     (src / "small").mkdir(parents=True)
-    (src / "listing").mkdir()
     big = os.urandom(args.big_mib * MiB)
     (src / "big.bin").write_bytes(big)
     (src / "mid.bin").write_bytes(big[: 200 * MiB])
@@ -135,86 +150,119 @@ def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, tuple[
         (src / "small" / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
     for i in range(args.listing):
         d = src / "listing" / f"d{i // 1000:02d}"
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:05d}.txt").write_text(str(i))
+
+
+def read_first(path: Path, n: int) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.read(n)
+
+
+def measure(group: str, root: Path, small: list[str], offsets: list[int], gb: float) -> dict[str, float]:
+    """One group of lines on a fresh mount whose files are under `root`."""
+    if group == "sequential":
+        os.stat(root / "big.bin")
+        cold = gb / timed(lambda: read_all(root / "big.bin"))
+        drop_caches()
+        return {"cold sequential": cold, "warm sequential": gb / timed(lambda: read_all(root / "big.bin"))}
+    if group == "first":
+        os.stat(root / "big.bin")
+        return {"first MiB": timed(lambda: read_first(root / "big.bin", MiB)) * 1e3}
+    if group == "listing":
+        ls = ["ls", "-lR", str(root / "listing")]
+        return {"cold ls -lR": timed(lambda: subprocess.run(ls, check=True, stdout=subprocess.DEVNULL))}
+    if group == "small":
+        paths = [root / p for p in small]
+        cold = len(paths) / timed(lambda: read_many(paths))
+        drop_caches()
+        return {"small cold": cold, "small warm": len(paths) / timed(lambda: read_many(paths))}
+    os.stat(root / "mid.bin")
+    return {"random 4 KiB": len(offsets) / timed(lambda: random_reads(root / "mid.bin", offsets))}
+
+
+def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    src = work / "src"
+    make_data(src, args)
     plain = Plain(endpoint)
-    for path in src.rglob("*"):  # the same data as plain objects, for the baseline
+    for path in src.rglob("*"):  # the same data as plain objects, for the peers
         if path.is_file():
             plain.s3.upload_file(str(path), S3_BUCKET, f"plain/{path.relative_to(src)}")
     store = f"s3://{S3_BUCKET}/artfs"
     subprocess.run(
         [*ARTFS, "--store", store, "push", "bench", str(src)], check=True, stdout=subprocess.DEVNULL
     )
-    small = sorted(p.relative_to(src) for p in (src / "small").iterdir())
+    small = sorted(str(p.relative_to(src)) for p in (src / "small").iterdir())
     rng = random.Random(7)
     offsets = [rng.randrange(0, 200 * MiB - 4096) for _ in range(1000)]
-    out: dict[str, tuple[float, float, str, bool]] = {}
-    gb = args.big_mib * MiB / 1e9
+    size = args.big_mib * MiB
+    gb = size / 1e9
+    out: dict[str, dict[str, float]] = {line: {} for line in LINES}
 
-    def mounted(fn: Callable[[Path], Any]) -> tuple[Any, dict[str, Any]]:
-        mnt, cache = work / "mnt", work / f"cache{len(out)}"
-        mnt.mkdir(exist_ok=True)
-        subprocess.run([*ARTFS, "--store", store, "mount", "--cache-dir", str(cache), str(mnt)], check=True)
+    out["cold sequential"]["boto3"] = gb / timed(lambda: plain.download("plain/big.bin", size))
+    out["warm sequential"]["boto3"] = gb / timed(lambda: plain.download("plain/big.bin", size))
+    out["first MiB"]["boto3"] = timed(lambda: plain.get("plain/big.bin", 0, MiB - 1)) * 1e3
+    out["cold ls -lR"]["boto3"] = timed(lambda: plain.listing("plain/listing/"))
+    keys = [f"plain/{p}" for p in small]
+    out["small cold"]["boto3"] = len(keys) / timed(lambda: plain.get_many(keys))
+    out["small warm"]["boto3"] = len(keys) / timed(lambda: plain.get_many(keys))
+    out["random 4 KiB"]["boto3"] = len(offsets) / timed(
+        lambda: [plain.get("plain/mid.bin", o, o + 4095) for o in offsets]
+    )
+
+    for tool in ("rclone", "s3fs", "artfs"):
+        for group in ("sequential", "first", "listing", "small", "random"):
+            with mounted(tool, work, endpoint, store) as root:
+                for line, value in measure(group, root, small, offsets, gb).items():
+                    out[line][tool] = value
+                if tool == "artfs" and group == "random":
+                    stats = json.loads((root.parent / ".artfs" / "stats.json").read_bytes())
+                    print(f"random 4 KiB: artfs fetched {stats['bytes_fetched'] / MiB:.0f} MiB of 200 MiB")
+    return out
+
+
+@contextlib.contextmanager
+def mounted(tool: str, work: Path, endpoint: str, store: str) -> Iterator[Path]:
+    """A fresh mount of the bench data, with an empty cache; yields the directory holding it."""
+    mnt = work / f"mnt-{tool}"
+    cache = work / f"cache-{tool}"
+    shutil.rmtree(cache, ignore_errors=True)
+    mnt.mkdir(exist_ok=True)
+    cache.mkdir()
+    if tool == "artfs":
+        subprocess.run([*ARTFS, "--store", store, "mount", "--cache-dir", str(cache), str(mnt)], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
         try:
-            value = fn(mnt / "bench:v0")
-            return value, json.loads((mnt / ".artfs" / "stats.json").read_bytes())
+            yield mnt / "bench:v0"
         finally:
             subprocess.run([*ARTFS, "umount", str(mnt)], check=True)
-
-    def sequential(v: Path) -> tuple[float, float]:
-        os.stat(v / "big.bin")
-        cold = timed(lambda: read_all(v / "big.bin"))
-        drop_caches()
-        return cold, timed(lambda: read_all(v / "big.bin"))
-
-    (cold, warm), stats = mounted(sequential)
-    base = timed(lambda: plain.download("plain/big.bin", len(big)))
-    out["cold sequential"] = (gb / base, gb / cold, "GB/s", True)
-    out["warm sequential"] = (
-        gb / timed(lambda: plain.download("plain/big.bin", len(big))),
-        gb / warm,
-        "GB/s",
-        True,
-    )
-    print(
-        f"sequential: artfs fetched {stats['blocks_fetched']} blocks, {stats['bytes_fetched'] / 1e9:.2f} GB"
-    )
-
-    def first_mib(v: Path) -> float:
-        os.stat(v / "big.bin")
-        return timed(lambda: open(v / "big.bin", "rb").read(MiB))
-
-    ours, _ = mounted(first_mib)
-    out["first MiB"] = (timed(lambda: plain.get("plain/big.bin", 0, MiB - 1)) * 1e3, ours * 1e3, "ms", False)
-
-    ours, _ = mounted(
-        lambda v: timed(
-            lambda: subprocess.run(["ls", "-lR", str(v / "listing")], check=True, stdout=subprocess.DEVNULL)
-        )
-    )
-    out["cold ls -lR"] = (timed(lambda: plain.listing("plain/listing/")), ours, "s", False)
-
-    def small_files(v: Path) -> tuple[float, float]:
-        paths = [v / p for p in small]
-        cold = timed(lambda: read_many(paths))
-        drop_caches()
-        return cold, timed(lambda: read_many(paths))
-
-    (cold, warm), _ = mounted(small_files)
-    keys = [f"plain/{p}" for p in small]
-    base = timed(lambda: plain.get_many(keys))
-    out["small cold"] = (len(keys) / base, len(keys) / cold, "f/s", True)
-    out["small warm"] = (len(keys) / timed(lambda: plain.get_many(keys)), len(keys) / warm, "f/s", True)
-
-    def random_4k(v: Path) -> float:
-        os.stat(v / "mid.bin")
-        return timed(lambda: random_reads(v / "mid.bin", offsets))
-
-    ours, stats = mounted(random_4k)
-    base = timed(lambda: [plain.get("plain/mid.bin", o, o + 4095) for o in offsets])
-    out["random 4 KiB"] = (len(offsets) / base, len(offsets) / ours, "r/s", True)
-    print(f"random: artfs fetched {stats['bytes_fetched'] / MiB:.0f} MiB of a 200 MiB object")
-    return out
+        return
+    if tool == "rclone":
+        config = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": endpoint, "ACCESS_KEY_ID": "bench",
+                  "SECRET_ACCESS_KEY": "bench", "FORCE_PATH_STYLE": "true"}  # fmt: skip
+        env = {**os.environ, **{f"RCLONE_CONFIG_SW_{k}": v for k, v in config.items()}}
+        argv = ["rclone", "mount", f"sw:{S3_BUCKET}/plain", str(mnt), "--read-only",
+                "--vfs-cache-mode", "full", "--cache-dir", str(cache)]  # fmt: skip
+    else:
+        env = dict(os.environ)
+        passwd = work / "s3fs.passwd"
+        passwd.write_text("bench:bench\n")
+        passwd.chmod(0o600)
+        argv = ["s3fs", f"{S3_BUCKET}:/plain", str(mnt), "-f", "-o", f"url={endpoint}",
+                "-o", "use_path_request_style", "-o", f"passwd_file={passwd}", "-o", f"use_cache={cache}",
+                "-o", "ro"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt) or not (mnt / "big.bin").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{tool} did not mount {mnt}")
+            time.sleep(0.1)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        proc.terminate()
+        proc.wait(30)
 
 
 if __name__ == "__main__":
