@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 ROOT_TIMEOUT = 1.0
 TREE_TIMEOUT = 24 * 3600.0
 FAIL_FAST = 10.0  # seconds after a fetch found the store unreachable
+SIBLINGS = 16  # small files fetched along with one that is opened
 ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
 META_DIR = ".artfs"
 INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`
@@ -81,16 +82,31 @@ class VersionTree:
         self.manifest = manifest
         self.entries: list[Entry | None] = [None]
         self.children: dict[int, dict[str, int]] = {0: {}}
-        self.parents: dict[int, int] = {0: 0}
+        self.parents: list[int] = [0]
         dirs = {"": 0}
         for e in manifest:
             if e.kind == DIR:
                 self._dir(dirs, e.path)
                 continue
             parent_path, _, name = e.path.rpartition("/")
+            parent = self._dir(dirs, parent_path)
             node = len(self.entries)
             self.entries.append(e)
-            self.children[self._dir(dirs, parent_path)][name] = node
+            self.parents.append(parent)
+            self.children[parent][name] = node
+
+    def next_files(self, node: int, n: int) -> list[Entry]:
+        """Up to `n` files that follow `node` in its directory (nodes are in path order, so
+        they are the next nodes with the same parent)."""
+        out: list[Entry] = []
+        parent = self.parents[node]
+        for sibling in range(node + 1, min(len(self.entries), node + 1 + 4 * n)):
+            e = self.entries[sibling]
+            if self.parents[sibling] == parent and e is not None and e.kind == FILE:
+                out.append(e)
+                if len(out) == n:
+                    break
+        return out
 
     def _dir(self, dirs: dict[str, int], path: str) -> int:
         node = dirs.get(path)
@@ -99,8 +115,8 @@ class VersionTree:
             parent = self._dir(dirs, parent_path)
             node = len(self.entries)
             self.entries.append(None)
+            self.parents.append(parent)
             self.children[node] = {}
-            self.parents[node] = parent
             self.children[parent][name] = node
             dirs[path] = node
         return node
@@ -174,6 +190,7 @@ class Filesystem:
         self._verified_in_place: dict[str, bytearray] = {}
         self._listing: tuple[float, list[Instance]] = (-1.0, [])
         self._ahead: set[tuple[str, int]] = set()
+        self._fetched_ahead: set[str] = set()  # small blobs fetched for siblings, not again
         self.background: trio.Nursery | None = None  # where read-ahead runs; none: no read-ahead
         # Told (parent inode, name) when a root name stops meaning what the kernel may have
         # cached: an alias moved, a version was deleted (FUSE: invalidate_entry_async).
@@ -419,16 +436,39 @@ class Filesystem:
             # counters are copied here, on the loop that changes them; the rest may block
             data = await self.threads.run(self._meta_content, ino, dict(self.counters))
             return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)
-        inst, _ = self._split(ino)
-        if inst.tree is None:  # the kernel may open an inode it knew before a restart
-            await self._tree(inst)
+        inst, node = self._split(ino)
+        tree = inst.tree or await self._tree(inst)  # the kernel may open an inode known from before
         entry = self._entry(ino)
         if not entry.size:
             return Opened(self._add_handle(_Handle()), keep_cache=True, direct_io=False)
         blob = self._open_blob(entry)
         ahead = ReadAhead(blob.block_size) if len(blob.verified) > 1 else None  # streams need blocks
         handle = _Handle(blob, ahead=ahead)
+        if ahead is None and not blob.verified[0] and not blob.local(0) and self.background is not None:
+            self._fetch_siblings(tree, node)
         return Opened(self._add_handle(handle), keep_cache=True, direct_io=False)
+
+    def _fetch_siblings(self, tree: VersionTree, node: int) -> None:
+        """A small file that must be fetched: fetch the next ones in its directory too, at the
+        same time. Whoever walks a directory (cp -r, tar, a data loader) reads them next."""
+        assert self.background is not None
+        for entry in tree.next_files(node, SIBLINGS):
+            key = (entry.hash, 0)
+            if (
+                not entry.size
+                or entry.hash in self._fetched_ahead
+                or key in self._flights
+                or key in self._ahead
+            ):
+                continue
+            blob = self._open_blob(entry)
+            if len(blob.verified) > 1 or blob.verified[0] or blob.local(0):
+                self._close_blob(entry.hash)
+                continue
+            self._fetched_ahead.add(entry.hash)
+            self._ahead.add(key)
+            self.counters["files_fetched_ahead"] += 1
+            self.background.start_soon(self._load_ahead, blob, 0)  # closes the blob when done
 
     def _open_blob(self, entry: Entry) -> BlobFile:
         """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`)."""

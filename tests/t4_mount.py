@@ -376,6 +376,21 @@ def test_many_readers_of_a_cold_block_cause_one_fetch(
     assert m.stats()["blocks_fetched"] == 1
 
 
+def test_walking_a_directory_fetches_its_small_files_together(
+    tmp_path: Path, backend_url: str, mount: MountFactory
+) -> None:
+    files = {f"d/f{i:03d}.txt": f"file {i}\n" * 50 for i in range(40)}
+    push(backend_url, "many", make_tree(tmp_path / "src", files))
+    m = mount(backend_url, "--no-in-place")
+    d = m.path / "many:v0" / "d"
+    assert (d / "f000.txt").read_text() == files["d/f000.txt"]
+    wait_until(lambda: m.stats().get("files_fetched_ahead", 0) == 16 and m.stats()["blocks_fetched"] == 17)
+    for i in range(40):  # the walk goes on: every file is fetched once, most before it is opened
+        assert (d / f"f{i:03d}.txt").read_text() == files[f"d/f{i:03d}.txt"]
+    s = m.stats()
+    assert s["blocks_fetched"] == 40 and s["files_fetched_ahead"] >= 30
+
+
 def cache_bytes(cache: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in (cache / "blocks").rglob("*") if p.is_file())
 
