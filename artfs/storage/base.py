@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from ..errors import ObjectNotFoundError
+from . import retry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,31 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RemoteBackend(Backend):
+    """A store behind an SDK (S3, GCS): keys live under `scheme://bucket/prefix/`, and every
+    request goes through `retry.call` with the SDK's exceptions translated by `_errors`."""
+
+    def __init__(self, scheme: str, bucket: str, prefix: str) -> None:
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.url = f"{scheme}://{bucket}/{self.prefix}"
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    @abstractmethod
+    def _errors(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Turn the SDK's exceptions into domain errors naming the store and `key`;
+        StoreUnavailableError for the ones worth retrying."""
+
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        def attempt() -> T:
+            with self._errors(key):
+                return fn()
+
+        return retry.call(what, attempt)
 
 
 def read_all(stream: BinaryIO, chunk: int = 16 * 1024 * 1024) -> bytes:

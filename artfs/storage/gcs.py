@@ -12,24 +12,21 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
 from . import retry
-from .base import Backend, ObjectInfo, Payload, read_all
+from .base import ObjectInfo, Payload, RemoteBackend, read_all
 
-T = TypeVar("T")
 CHUNK = 16 * 1024 * 1024  # resumable uploads above this size, in chunks of it (a multiple of 256 KiB)
 
 
-class GCSBackend(Backend):
+class GCSBackend(RemoteBackend):
     def __init__(self, bucket: str, prefix: str) -> None:
         from google.cloud import storage
 
-        self.bucket_name = bucket
-        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        self.url = f"gs://{bucket}/{self.prefix}"
+        super().__init__("gs", bucket, prefix)
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "artfs")
         with self._errors(""):
             if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -42,16 +39,6 @@ class GCSBackend(Backend):
                 credentials, found = google.auth.default()
                 self._client = storage.Client(project=found or project, credentials=credentials)
         self._bucket = self._client.bucket(bucket)
-
-    def _key(self, key: str) -> str:
-        return self.prefix + key
-
-    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
-        def attempt() -> T:
-            with self._errors(key):
-                return fn()
-
-        return retry.call(what, attempt)
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -118,7 +105,7 @@ class GCSBackend(Backend):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         def fn() -> list[ObjectInfo]:
-            blobs = self._client.list_blobs(self.bucket_name, prefix=self._key(prefix), retry=None)
+            blobs = self._client.list_blobs(self.bucket, prefix=self._key(prefix), retry=None)
             return [
                 ObjectInfo(b.name[len(self.prefix) :], int(b.size or 0), str(b.generation)) for b in blobs
             ]
@@ -129,7 +116,7 @@ class GCSBackend(Backend):
         full = self._key(prefix)
 
         def fn() -> list[str]:
-            pages = self._client.list_blobs(self.bucket_name, prefix=full, delimiter="/", retry=None)
+            pages = self._client.list_blobs(self.bucket, prefix=full, delimiter="/", retry=None)
             for _ in pages:  # the prefixes are known once every page has been read
                 pass
             return [p[len(full) :].rstrip("/") for p in pages.prefixes]

@@ -13,14 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
 from . import retry
-from .base import Backend, ObjectInfo, Payload, read_all
+from .base import ObjectInfo, Payload, RemoteBackend, read_all
 
-T = TypeVar("T")
 PART = 16 * 1024 * 1024  # multipart above this size; parts grow for very large objects
 MAX_PARTS = 9000
 UNAVAILABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
@@ -28,14 +27,12 @@ UNAVAILABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTi
 DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 
 
-class S3Backend(Backend):
+class S3Backend(RemoteBackend):
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
         import boto3
         from botocore.config import Config
 
-        self.bucket = bucket
-        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        self.url = f"s3://{bucket}/{self.prefix}"
+        super().__init__("s3", bucket, prefix)
         endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
         session = boto3.session.Session()
         config = Config(
@@ -47,16 +44,6 @@ class S3Backend(Backend):
         )
         region = session.region_name or ("us-east-1" if endpoint else None)
         self._client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
-
-    def _key(self, key: str) -> str:
-        return self.prefix + key
-
-    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
-        def attempt() -> T:
-            with self._errors(key):
-                return fn()
-
-        return retry.call(what, attempt)
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
