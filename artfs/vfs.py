@@ -134,8 +134,9 @@ class Instance:
     record: VersionRecord
     tree: VersionTree | None = None
 
-    @property
+    @functools.cached_property
     def mtime_ns(self) -> int:
+        """When the version was made (parsed once: every directory's attributes carry it)."""
         return _ns(self.record.created_at)
 
 
@@ -451,24 +452,15 @@ class Filesystem:
     def _fetch_siblings(self, tree: VersionTree, node: int) -> None:
         """A small file that must be fetched: fetch the next ones in its directory too, at the
         same time. Whoever walks a directory (cp -r, tar, a data loader) reads them next."""
-        assert self.background is not None
         for entry in tree.next_files(node, SIBLINGS):
-            key = (entry.hash, 0)
-            if (
-                not entry.size
-                or entry.hash in self._fetched_ahead
-                or key in self._flights
-                or key in self._ahead
-            ):
+            if not entry.size or entry.hash in self._fetched_ahead:
                 continue
             blob = self._open_blob(entry)
-            if len(blob.verified) > 1 or blob.verified[0] or blob.local(0):
-                self._close_blob(entry.hash)
-                continue
-            self._fetched_ahead.add(entry.hash)
-            self._ahead.add(key)
-            self.counters["files_fetched_ahead"] += 1
-            self.background.start_soon(self._load_ahead, blob, 0)  # closes the blob when done
+            single = len(blob.verified) == 1 and not blob.verified[0] and not blob.local(0)
+            if single and self._fetch_ahead(blob, 0):
+                self._fetched_ahead.add(entry.hash)
+                self.counters["files_fetched_ahead"] += 1
+            self._close_blob(entry.hash)
 
     def _open_blob(self, entry: Entry) -> BlobFile:
         """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`)."""
@@ -521,13 +513,19 @@ class Filesystem:
         bs = blob.block_size
         last = (min(offset + size, blob.entry.size) - 1) // bs
         for i in handle.ahead.advise(offset // bs, last, len(blob.verified)):
-            key = (blob.entry.hash, i)
-            if blob.verified[i] or blob.local(i) or key in self._flights or key in self._ahead:
-                continue
-            self._ahead.add(key)
-            self.counters["blocks_read_ahead"] += 1
-            self._open_blob(blob.entry)  # one more user: the blob stays open until the load ends
-            self.background.start_soon(self._load_ahead, blob, i)
+            if not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
+                self.counters["blocks_read_ahead"] += 1
+
+    def _fetch_ahead(self, blob: BlobFile, index: int) -> bool:
+        """Fetch a block in the background unless that is under way already; False then."""
+        assert self.background is not None
+        key = (blob.entry.hash, index)
+        if key in self._flights or key in self._ahead:
+            return False
+        self._ahead.add(key)
+        self._open_blob(blob.entry)  # one more user: the blob stays open until the load ends
+        self.background.start_soon(self._load_ahead, blob, index)
+        return True
 
     async def _load_ahead(self, blob: BlobFile, index: int) -> None:
         key = (blob.entry.hash, index)
