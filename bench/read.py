@@ -20,13 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from access import MiB, read_file, read_many, timed
 
 from artfs.daemon import is_artfs_mount, mounts, raise_read_ahead
 
 ARTFS = [sys.executable, "-m", "artfs"]
-MiB = 1 << 20
 
 
 def make_data(src: Path, big_mib: int, small: int) -> None:
@@ -46,29 +46,6 @@ def warm(paths: list[Path]) -> None:
         with open(p, "rb") as f:
             while f.read(16 * MiB):
                 pass
-
-
-def read_file(path: Path) -> int:
-    buf = bytearray(MiB)
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while k := f.readinto(buf):
-            n += k
-    return n
-
-
-def read_many(paths: list[Path]) -> int:
-    n = 0
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            n += len(f.read())
-    return n
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def measure(root: Path, small: list[str]) -> dict[str, float]:

@@ -27,27 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from access import MiB, drop_caches, read_file, read_many, timed
+
 from tests.conftest import S3_BUCKET, SeaweedFS  # the servers the tests use
 
 ARTFS = [sys.executable, "-m", "artfs"]
-MiB = 1 << 20
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def drop_caches() -> None:
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 class Plain:
@@ -80,21 +71,6 @@ class Plain:
         return n
 
 
-def read_all(path: Path) -> int:
-    buf = bytearray(MiB)
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while k := f.readinto(buf):
-            n += k
-    return n
-
-
-def read_many(paths: list[Path]) -> None:
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            f.read()
-
-
 def random_reads(path: Path, offsets: list[int]) -> None:
     with open(path, "rb", buffering=0) as f:
         for o in offsets:
@@ -102,6 +78,7 @@ def random_reads(path: Path, offsets: list[int]) -> None:
 
 
 PEERS = ("boto3", "rclone", "s3fs")
+MID = 200 * MiB  # the object random reads go to (smaller when --big-mib is)
 LINES = {"cold sequential": "GB/s", "warm sequential": "GB/s", "first MiB": "ms", "cold ls -lR": "s",
          "small cold": "f/s", "small warm": "f/s", "random 4 KiB": "r/s"}  # fmt: skip
 
@@ -145,7 +122,7 @@ def make_data(src: Path, args: argparse.Namespace) -> None:
     (src / "small").mkdir(parents=True)
     big = os.urandom(args.big_mib * MiB)
     (src / "big.bin").write_bytes(big)
-    (src / "mid.bin").write_bytes(big[: 200 * MiB])
+    (src / "mid.bin").write_bytes(big[:MID])
     for i in range(args.small):
         (src / "small" / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
     for i in range(args.listing):
@@ -163,9 +140,9 @@ def measure(group: str, root: Path, small: list[str], offsets: list[int], gb: fl
     """One group of lines on a fresh mount whose files are under `root`."""
     if group == "sequential":
         os.stat(root / "big.bin")
-        cold = gb / timed(lambda: read_all(root / "big.bin"))
+        cold = gb / timed(lambda: read_file(root / "big.bin"))
         drop_caches()
-        return {"cold sequential": cold, "warm sequential": gb / timed(lambda: read_all(root / "big.bin"))}
+        return {"cold sequential": cold, "warm sequential": gb / timed(lambda: read_file(root / "big.bin"))}
     if group == "first":
         os.stat(root / "big.bin")
         return {"first MiB": timed(lambda: read_first(root / "big.bin", MiB)) * 1e3}
@@ -194,7 +171,8 @@ def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, dict[s
     )
     small = sorted(str(p.relative_to(src)) for p in (src / "small").iterdir())
     rng = random.Random(7)
-    offsets = [rng.randrange(0, 200 * MiB - 4096) for _ in range(1000)]
+    mid = min(MID, args.big_mib * MiB)
+    offsets = [rng.randrange(0, mid - 4096) for _ in range(1000)]
     size = args.big_mib * MiB
     gb = size / 1e9
     out: dict[str, dict[str, float]] = {line: {} for line in LINES}
@@ -217,7 +195,8 @@ def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, dict[s
                     out[line][tool] = value
                 if tool == "artfs" and group == "random":
                     stats = json.loads((root.parent / ".artfs" / "stats.json").read_bytes())
-                    print(f"random 4 KiB: artfs fetched {stats['bytes_fetched'] / MiB:.0f} MiB of 200 MiB")
+                    fetched = stats["bytes_fetched"] / MiB
+                    print(f"random 4 KiB: artfs fetched {fetched:.0f} MiB of {mid / MiB:.0f} MiB")
     return out
 
 
