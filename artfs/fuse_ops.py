@@ -135,6 +135,11 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if not name.startswith(b"user."):
+            # No SELinux labels, ACLs or trusted attributes here: saying the namespace is not
+            # supported (rather than "no such attribute") lets `ls -l` stop asking for
+            # security.selinux after the first file of the mount, a round trip per file saved.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         value = (await self.fs.xattrs(inode)).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

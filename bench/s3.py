@@ -12,14 +12,15 @@ before the warm lines, so they measure each tool's own cache, not the kernel's.
   cold ls -lR          list 10,000 objects            boto3: a paginated listing
   small cold / warm    open+read 2,500 × 4 KiB        boto3: 16 threads of GETs
   random 4 KiB         1,000 reads in a 200 MiB one   boto3: one ranged GET each
-The ratio compares artfs with the best peer on each line (>1: artfs is better).
+The ratio compares artfs with the best peer on each line (>1: artfs is better). A second table
+gives the requests the server answered and the bytes it sent for each tool and group of lines,
+read from SeaweedFS's own metrics.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -78,9 +79,13 @@ def random_reads(path: Path, offsets: list[int]) -> None:
 
 
 PEERS = ("boto3", "rclone", "s3fs")
+GROUPS = ("sequential", "first", "listing", "small", "random")
 MID = 200 * MiB  # the object random reads go to (smaller when --big-mib is)
 LINES = {"cold sequential": "GB/s", "warm sequential": "GB/s", "first MiB": "ms", "cold ls -lR": "s",
          "small cold": "f/s", "small warm": "f/s", "random 4 KiB": "r/s"}  # fmt: skip
+
+
+Results = tuple[dict[str, dict[str, float]], dict[str, dict[str, tuple[int, int]]]]
 
 
 def main() -> None:
@@ -104,7 +109,7 @@ def main() -> None:
         server.start()
         try:
             os.environ["S3_ENDPOINT_URL"] = server.endpoint
-            results = run(work, server.endpoint, args)
+            results, traffic = run(work, server, args)
         finally:
             server.kill()
     print(f"{'line':16} {'unit':>5} " + " ".join(f"{t:>9}" for t in (*PEERS, "artfs")) + "  ÷best peer")
@@ -116,6 +121,11 @@ def main() -> None:
         ratio = peer / row["artfs"] if lower_is_better else row["artfs"] / peer
         cells = " ".join(f"{row.get(t, float('nan')):9.2f}" for t in (*PEERS, "artfs"))
         print(f"{line:16} {unit:>5} {cells}  {ratio:9.2f}x")
+    print("\nsent by the server, per group of lines (mounting and unmounting included): requests / MiB")
+    print(f"{'group':16} " + " ".join(f"{t:>15}" for t in (*PEERS, "artfs")))
+    for group, sent in traffic.items():
+        cells = " ".join(f"{f'{sent[t][0]} / {sent[t][1] / MiB:.0f}':>15}" for t in (*PEERS, "artfs"))
+        print(f"{group:16} {cells}")
 
 
 def make_data(src: Path, args: argparse.Namespace) -> None:
@@ -158,9 +168,10 @@ def measure(group: str, root: Path, small: list[str], offsets: list[int], gb: fl
     return {"random 4 KiB": len(offsets) / timed(lambda: random_reads(root / "mid.bin", offsets))}
 
 
-def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def run(work: Path, server: SeaweedFS, args: argparse.Namespace) -> Results:
     src = work / "src"
     make_data(src, args)
+    endpoint = server.endpoint
     plain = Plain(endpoint)
     for path in src.rglob("*"):  # the same data as plain objects, for the peers
         if path.is_file():
@@ -175,29 +186,40 @@ def run(work: Path, endpoint: str, args: argparse.Namespace) -> dict[str, dict[s
     offsets = [rng.randrange(0, mid - 4096) for _ in range(1000)]
     size = args.big_mib * MiB
     gb = size / 1e9
-    out: dict[str, dict[str, float]] = {line: {} for line in LINES}
-
-    out["cold sequential"]["boto3"] = gb / timed(lambda: plain.download("plain/big.bin", size))
-    out["warm sequential"]["boto3"] = gb / timed(lambda: plain.download("plain/big.bin", size))
-    out["first MiB"]["boto3"] = timed(lambda: plain.get("plain/big.bin", 0, MiB - 1)) * 1e3
-    out["cold ls -lR"]["boto3"] = timed(lambda: plain.listing("plain/listing/"))
     keys = [f"plain/{p}" for p in small]
-    out["small cold"]["boto3"] = len(keys) / timed(lambda: plain.get_many(keys))
-    out["small warm"]["boto3"] = len(keys) / timed(lambda: plain.get_many(keys))
-    out["random 4 KiB"]["boto3"] = len(offsets) / timed(
-        lambda: [plain.get("plain/mid.bin", o, o + 4095) for o in offsets]
-    )
+    out: dict[str, dict[str, float]] = {line: {} for line in LINES}
+    traffic: dict[str, dict[str, tuple[int, int]]] = {group: {} for group in GROUPS}
 
-    for tool in ("rclone", "s3fs", "artfs"):
-        for group in ("sequential", "first", "listing", "small", "random"):
-            with mounted(tool, work, endpoint, store) as root:
-                for line, value in measure(group, root, small, offsets, gb).items():
-                    out[line][tool] = value
-                if tool == "artfs" and group == "random":
-                    stats = json.loads((root.parent / ".artfs" / "stats.json").read_bytes())
-                    fetched = stats["bytes_fetched"] / MiB
-                    print(f"random 4 KiB: artfs fetched {fetched:.0f} MiB of {mid / MiB:.0f} MiB")
-    return out
+    def boto3_group(group: str) -> dict[str, float]:
+        if group == "sequential":
+            return {line: gb / timed(lambda: plain.download("plain/big.bin", size))
+                    for line in ("cold sequential", "warm sequential")}  # fmt: skip
+        if group == "first":
+            return {"first MiB": timed(lambda: plain.get("plain/big.bin", 0, MiB - 1)) * 1e3}
+        if group == "listing":
+            return {"cold ls -lR": timed(lambda: plain.listing("plain/listing/"))}
+        if group == "small":
+            return {
+                line: len(keys) / timed(lambda: plain.get_many(keys)) for line in ("small cold", "small warm")
+            }
+        return {
+            "random 4 KiB": len(offsets)
+            / timed(lambda: [plain.get("plain/mid.bin", o, o + 4095) for o in offsets])
+        }
+
+    for tool in ("boto3", "rclone", "s3fs", "artfs"):
+        for group in GROUPS:
+            before = server.traffic()
+            if tool == "boto3":
+                values = boto3_group(group)
+            else:
+                with mounted(tool, work, endpoint, store) as root:
+                    values = measure(group, root, small, offsets, gb)
+            after = server.traffic()
+            traffic[group][tool] = (after[0] - before[0], after[1] - before[1])
+            for line, value in values.items():
+                out[line][tool] = value
+    return out, traffic
 
 
 @contextlib.contextmanager

