@@ -4,6 +4,7 @@ Layout under the cache directory (`$ARTFS_CACHE`, default `$XDG_CACHE_HOME/artfs
 
     blocks/<block_size>/ab/<hash>            a sparse file the size of the blob
     blocks/<block_size>/ab/<hash>.present    one byte per block: 1 = the block was written
+    blocks/<block_size>/ab/<hash>            a small blob (≤ MAP_MIN), whole: no .present
     pins/<store-id>-<name>:v<N>.json         blobs a pinned version needs; never evicted
 
 Blobs are content-addressed, so blocks are shared by every version and every store that holds the
@@ -14,9 +15,14 @@ fetched, and a block read back from the cache file is checked again the first ti
 touches it after opening the blob. That is what makes the cache crash-safe without an fsync per
 block: a block torn by a crash fails its hash, is dropped and fetched again.
 
+A small blob is written whole under a temporary name and renamed into place, so the file at its
+path is complete; opening it costs one read, not a lock and a block record, which is what makes
+a warm walk over many small files fast.
+
 Eviction is by whole blob, least recently opened first, down to 90% of the budget. A process that
-has a blob open holds a shared `flock` on its cache file and an evictor (any process) needs an
-exclusive one, so blocks in use are never evicted. When nothing can be evicted, new blocks are
+has a big blob open holds a shared `flock` on its cache file and an evictor (any process) needs an
+exclusive one, so blocks in use are never evicted (a small blob is read into memory whole: an
+evictor may unlink it under its reader). When nothing can be evicted, new blocks are
 served without being cached: the budget is a hard limit.
 """
 
@@ -31,6 +37,7 @@ import mmap
 import os
 import shutil
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -51,31 +58,24 @@ Buffer = bytes | memoryview
 
 DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache-size is given
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
-MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped
+MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped; smaller ones cached whole
+STALE_TMP = 3600  # seconds after which a temporary file in the cache is a crash's leftover
 
 
 class BlobFile(ABC):
-    """The bytes of one blob on local disk. A block is served only after it has been verified
-    in this process. `load_local` verifies a block that is on local disk (cheap: callers run it
-    inline); `fetch` gets one from the store (blocking: callers run it in a worker thread).
-
-    A blob bigger than MAP_MIN is memory-mapped: blocks are hashed straight from the page
-    cache and served as views of the mapping, so the kernel copies each byte once, into the
-    reader's pages. The files mapped are never truncated while open (write-once store blobs;
-    cache files only grow, under a lock that keeps evictors away), so a mapping cannot fault.
+    """The bytes of one blob, local or on their way. A block is served only after it has been
+    verified in this process. `load_local` verifies a block that is on local disk (cheap: callers
+    run it inline); `fetch` gets one from the store (blocking: callers run it in a worker thread).
     """
 
-    def __init__(self, entry: Entry, block_size: int, fd: int) -> None:
+    def __init__(self, entry: Entry, block_size: int) -> None:
         self.entry = entry
         self.block_size = block_size
-        self.fd = fd
         self.verified = bytearray(entry.block_count(block_size))
-        self._map = mmap.mmap(fd, entry.size, prot=mmap.PROT_READ) if entry.size > MAP_MIN else None
 
-    def _serve(self, pos: int, length: int) -> bytes | memoryview:
-        if self._map is not None:
-            return memoryview(self._map)[pos : pos + length]
-        return os.pread(self.fd, length, pos)
+    @abstractmethod
+    def _serve(self, pos: int, length: int) -> Buffer:
+        """Bytes of verified blocks."""
 
     def blocks_of(self, offset: int, size: int) -> range:
         """The blocks a read of `size` bytes at `offset` touches."""
@@ -119,6 +119,27 @@ class BlobFile(ABC):
     def fetch(self, index: int) -> Buffer:
         """Verified bytes of a block from the store (blocking). CorruptDataError if bad."""
 
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class _FileBlob(BlobFile):
+    """A blob in a file of its own size. Bigger than MAP_MIN, it is memory-mapped: blocks are
+    hashed straight from the page cache and served as views of the mapping, so the kernel copies
+    each byte once, into the reader's pages. The files mapped are never truncated while open
+    (write-once store blobs; cache files only grow, under a lock that keeps evictors away), so a
+    mapping cannot fault."""
+
+    def __init__(self, entry: Entry, block_size: int, fd: int) -> None:
+        super().__init__(entry, block_size)
+        self.fd = fd
+        self._map = mmap.mmap(fd, entry.size, prot=mmap.PROT_READ) if entry.size > MAP_MIN else None
+
+    def _serve(self, pos: int, length: int) -> Buffer:
+        if self._map is not None:
+            return memoryview(self._map)[pos : pos + length]
+        return os.pread(self.fd, length, pos)
+
     def close(self) -> None:
         if self._map is not None:
             try:
@@ -128,7 +149,7 @@ class BlobFile(ABC):
         os.close(self.fd)
 
 
-class InPlaceBlob(BlobFile):
+class InPlaceBlob(_FileBlob):
     """A blob of a `file://` store, read where it lies: no second copy."""
 
     def __init__(self, entry: Entry, block_size: int, path: str, verified: bytearray | None = None) -> None:
@@ -168,7 +189,7 @@ class InPlaceBlob(BlobFile):
         return self.load_local(index)  # the store is this disk
 
 
-class CachedBlob(BlobFile):
+class CachedBlob(_FileBlob):
     """A blob copied block by block into the cache as it is read."""
 
     def __init__(self, cache: BlockCache, entry: Entry, fetch: Callable[[int], bytes], pinned: bool) -> None:
@@ -233,6 +254,62 @@ class CachedBlob(BlobFile):
         super().close()  # drops the shared lock: evictable again
 
 
+class SmallBlob(BlobFile):
+    """A blob of at most MAP_MIN bytes (one block), cached as a whole file and held in memory
+    once read, so that opening one costs a single read of the cache."""
+
+    def __init__(self, cache: BlockCache, entry: Entry, fetch: Callable[[int], bytes], pinned: bool) -> None:
+        super().__init__(entry, cache.block_size)
+        self._cache = cache
+        self._fetch = fetch
+        self._pinned = pinned
+        self._path = cache.path(entry.hash)
+        self._data = b""
+
+    def _serve(self, pos: int, length: int) -> Buffer:
+        return memoryview(self._data)[pos : pos + length]
+
+    def local(self, index: int) -> bool:
+        return bool(self.verified[0]) or self._path.exists()
+
+    def load_local(self, index: int) -> Buffer | None:
+        try:
+            with open(self._path, "rb", buffering=0) as f:
+                data = f.read()
+            check_block(self.entry, 0, self.block_size, data, f"cache {self._cache.root}")
+        except FileNotFoundError:
+            return None
+        except CorruptDataError:  # written before a crash, never flushed: fetch it again
+            log.warning("cached blob %s was torn or damaged; fetching it again", self.entry.hash)
+            self._cache.count("cache_blocks_dropped")
+            _try_remove(self._path)
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self._path)  # the LRU clock: last opened
+        self._data = data
+        self.verified[0] = 1
+        self._cache.count("cache_blocks_reverified")
+        return data
+
+    def fetch(self, index: int) -> Buffer:
+        data = self._fetch(0)  # verified by the fetcher
+        self._cache.count("blocks_fetched", bytes_fetched=len(data))
+        self._data = data
+        self.verified[0] = 1
+        if self._pinned or self._cache.reserve(len(data)):
+            try:
+                self._path.parent.mkdir(exist_ok=True)
+                _write_atomic(self._path, data, durable=False)  # a torn file fails its hash
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.warning("cache disk is full; serving blob %s without caching it", self.entry.hash)
+        return data
+
+    def close(self) -> None:
+        self._data = b""
+
+
 def _open_shared(path: Path) -> int:
     """Open (creating) a cache file and hold a shared lock on it, making sure it is still the
     file at `path` once locked (an evictor may have unlinked it while we waited)."""
@@ -288,7 +365,9 @@ class BlockCache:
             self.stats[what] += n
             self.stats.update(more)
 
-    def open(self, entry: Entry, fetch: Callable[[int], bytes], pinned: bool = False) -> CachedBlob:
+    def open(self, entry: Entry, fetch: Callable[[int], bytes], pinned: bool = False) -> BlobFile:
+        if entry.size <= min(MAP_MIN, self.block_size):
+            return SmallBlob(self, entry, fetch, pinned)
         return CachedBlob(self, entry, fetch, pinned)
 
     # -- space -------------------------------------------------------------------------------
@@ -297,15 +376,23 @@ class BlockCache:
         out = []
         for sub in _listdir(self.dir):
             for name in _listdir(self.dir / sub):
-                if name.endswith(".present") or name.startswith("."):
-                    continue
                 path = self.dir / sub / name
+                if name.startswith("."):  # a temporary file, left behind if it is old
+                    with contextlib.suppress(FileNotFoundError):
+                        if time.time() - path.stat().st_mtime > STALE_TMP:
+                            path.unlink()
+                    continue
+                if name.endswith(".present"):
+                    continue
                 try:
-                    used = path.stat().st_blocks * 512
-                    last = os.stat(f"{path}.present").st_mtime
+                    st = path.stat()
                 except FileNotFoundError:
                     continue
-                out.append(CachedBlobInfo(name, used, last))
+                try:
+                    last = os.stat(f"{path}.present").st_mtime
+                except FileNotFoundError:
+                    last = st.st_mtime  # a small blob: the file is its own clock
+                out.append(CachedBlobInfo(name, st.st_blocks * 512, last))
         out.sort(key=lambda b: b.last_used)
         return out
 
@@ -445,12 +532,13 @@ def _try_remove(path: Path) -> bool:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
