@@ -5,12 +5,18 @@ sequential run; any other read starts a new run. Once a run has crossed two bloc
 is a stream, not a probe, and the window of blocks to load ahead opens and doubles with every
 read, up to a limit; a new run closes it. So a single read costs only the blocks it touches,
 while a stream gets its fetching and verifying done on worker threads, ahead of the reader.
+
+A reader that keeps missing blocks outside any stream is random (a database, a zip's central
+directory then its members, a shuffled loader reading records): after a few such misses the
+caller fetches the rest of the blob at once, in parallel. A random reader touches most of a file
+sooner or later; one fetch per read would make it wait a round trip every time.
 """
 
 from __future__ import annotations
 
 WINDOW_BYTES = 32 * 1024 * 1024
 STREAM_BLOCKS = 2  # block boundaries a run crosses before it counts as a stream
+SCATTERED_MISSES = 4  # blocks fetched for reads outside a stream before the reader is random
 
 
 class ReadAhead:
@@ -21,6 +27,7 @@ class ReadAhead:
         self.window = 0
         self._start = -1  # first block of the current run
         self._last = -2  # last block of the previous read
+        self._misses = 0  # blocks fetched for reads outside a stream
 
     def advise(self, first: int, last: int, count: int) -> range:
         """The blocks to load ahead after a read of blocks `first`..`last` of a `count`-block file."""
@@ -30,3 +37,11 @@ class ReadAhead:
         if last - self._start >= STREAM_BLOCKS:
             self.window = min(self.limit, max(1, self.window * 2))
         return range(last + 1, min(count, last + 1 + self.window))
+
+    def random_miss(self) -> bool:
+        """Note that a read had to fetch a block. True (once) when that makes the reader random:
+        the caller should then fetch the whole blob."""
+        if self.window:
+            return False
+        self._misses += 1
+        return self._misses == SCATTERED_MISSES

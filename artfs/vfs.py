@@ -201,14 +201,14 @@ class Filesystem:
         self.counters: Counter[str] = Counter()  # loop-thread only; the cache counts its own
 
     # -- single-flight -----------------------------------------------------------------------
-    async def _once(self, key: Any, fn: Callable[[], Any]) -> Any:
+    async def _once(self, key: Any, fn: Callable[[], Any], background: bool = False) -> Any:
         """Run `fn` in a worker thread once per key however many tasks ask at the same time;
         they all get its result or its error."""
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = _Flight()
             try:
-                flight.data = await self.threads.run(fn)
+                flight.data = await self.threads.run(fn, background=background)
             except Exception as e:
                 flight.error = e
             finally:
@@ -220,14 +220,14 @@ class Filesystem:
             raise flight.error
         return flight.data
 
-    async def _ask(self, key: Any, fn: Callable[[], Any]) -> Any:
+    async def _ask(self, key: Any, fn: Callable[[], Any], background: bool = False) -> Any:
         """`_once` for anything that asks the store. Once the store was found unreachable (after
         the retries), fail fast for a while: every request would otherwise wait them out again
         (and the kernel repeats a failed read)."""
         if time.monotonic() < self._down_until:
             raise StoreUnavailableError(f"{self.blobs.backend.url} is unreachable (asking again shortly)")
         try:
-            return await self._once(key, fn)
+            return await self._once(key, fn, background)
         except StoreUnavailableError:
             self._down_until = time.monotonic() + FAIL_FAST
             raise
@@ -498,14 +498,17 @@ class Filesystem:
                 continue
             data = blob.load_local(i)
             if data is None:
+                if handle.ahead is not None and handle.ahead.random_miss():
+                    self._fetch_whole(blob, but=i)
                 data = await self._fetch(blob, i)
             self.counters["blocks_verified"] += 1
             self.counters["bytes_verified"] += len(data)
             loaded[i] = data
         return blob.read(offset, size, loaded)
 
-    async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
-        data: Buffer = await self._ask((blob.entry.hash, index), functools.partial(blob.fetch, index))
+    async def _fetch(self, blob: BlobFile, index: int, background: bool = False) -> Buffer:
+        fetch = functools.partial(blob.fetch, index)
+        data: Buffer = await self._ask((blob.entry.hash, index), fetch, background)
         return data
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
@@ -515,6 +518,15 @@ class Filesystem:
         for i in handle.ahead.advise(offset // bs, last, len(blob.verified)):
             if not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
                 self.counters["blocks_read_ahead"] += 1
+
+    def _fetch_whole(self, blob: BlobFile, but: int) -> None:
+        """A random reader: fetch every other block of the blob it lacks, in parallel, if the
+        blob takes at most a quarter of the cache (else it would only push out other blobs)."""
+        if self.background is None or blob.entry.size > self.cache.budget // 4:
+            return
+        for i in range(len(blob.verified)):
+            if i != but and not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
+                self.counters["blocks_fetched_whole"] += 1
 
     def _fetch_ahead(self, blob: BlobFile, index: int) -> bool:
         """Fetch a block in the background unless that is under way already; False then."""
@@ -530,7 +542,7 @@ class Filesystem:
     async def _load_ahead(self, blob: BlobFile, index: int) -> None:
         key = (blob.entry.hash, index)
         try:
-            await self._fetch(blob, index)
+            await self._fetch(blob, index, background=True)
         except Exception as e:  # the reader gets the error if it reaches this block
             log.debug("read-ahead of block %d of blob %s: %s", index, blob.entry.hash, e)
         finally:

@@ -353,6 +353,22 @@ def test_reads_fetch_only_the_blocks_they_touch(
     assert s["blocks_read_ahead"] > 10 and s["blocks_fetched"] == 50 + 1  # each block once, + small.txt
 
 
+def test_a_random_reader_gets_the_whole_blob_fetched_once_in_parallel(
+    tmp_path: Path, backend_url: str, mount: MountFactory
+) -> None:
+    data = patterned(40)  # 10 blocks
+    push(backend_url, "db", make_tree(tmp_path / "src", {"table.db": data}))
+    m = mount(backend_url, "--no-in-place")
+    with open(m.path / "db:v0" / "table.db", "rb", buffering=0) as f:
+        for block in (7, 2, 9, 4):  # scattered: a probe, a probe, … then the reader is random
+            assert os.pread(f.fileno(), 4096, block * 4 * MiB + 99) == data[block * 4 * MiB + 99 :][:4096]
+        wait_until(lambda: m.stats()["blocks_fetched"] == 10)
+        for block in (0, 1, 3, 5, 6, 8):
+            assert os.pread(f.fileno(), 4096, block * 4 * MiB) == data[block * 4 * MiB :][:4096]
+    s = m.stats()
+    assert s["bytes_fetched"] == len(data) and s["blocks_fetched_whole"] == 6
+
+
 def test_many_readers_of_a_cold_block_cause_one_fetch(
     tmp_path: Path, backend_url: str, mount: MountFactory
 ) -> None:
