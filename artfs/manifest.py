@@ -136,11 +136,13 @@ class Manifest:
             if e.path in by_path:
                 raise InvalidPathError(f"two entries for {e.path!r}")
             by_path[e.path] = e
+        checked: set[str] = set()  # directories whose ancestors are known not to be files
         for path in by_path:
             parent = path.rpartition("/")[0]
-            while parent:
+            while parent and parent not in checked:
                 if parent in by_path and by_path[parent].kind != "dir":
                     raise InvalidPathError(f"{path!r} lies below {parent!r}, which is not a directory")
+                checked.add(parent)
                 parent = parent.rpartition("/")[0]
         # A "dir" entry only records an empty directory: drop ones that have content.
         parents = {p.rpartition("/")[0] for p in by_path}

@@ -63,17 +63,20 @@ def validate_path(path: str) -> str:
         raise InvalidPathError(f"invalid path {path!r}: empty")
     if "\0" in path:
         raise InvalidPathError(f"invalid path {path!r}: contains NUL")
-    try:
-        encoded = path.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise InvalidPathError(f"invalid path {path!r}: not a filesystem name") from None
-    if len(encoded) > MAX_PATH:
+    if path.isascii():  # the common case, checked without encoding (manifests hold many paths)
+        size = len(path)
+    else:
+        try:
+            size = len(path.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            raise InvalidPathError(f"invalid path {path!r}: not a filesystem name") from None
+    if size > MAX_PATH:
         raise InvalidPathError(f"invalid path {path[:64]!r}…: longer than {MAX_PATH} bytes")
     if path.startswith("/"):
         raise InvalidPathError(f"invalid path {path!r}: absolute")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise InvalidPathError(f"invalid path {path!r}: empty, '.' or '..' component")
+    wrapped = f"/{path}/"
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+        raise InvalidPathError(f"invalid path {path!r}: empty, '.' or '..' component")
     return path
 
 

@@ -4,13 +4,15 @@ rclone and s3fs; this script installs them if missing).
 
     .venv/bin/python bench/s3.py [--big-mib 1024] [--small 2500] [--listing 10000]
 
-Every mount is fresh, with an empty cache, for each group of lines; page caches are dropped
-before the warm lines, so they measure each tool's own cache, not the kernel's.
+Each tool reads its own copy of the data (uploaded once, never read before), so none finds the
+server warmed by another. Every mount is fresh, with an empty cache, for each group of lines.
   cold sequential      read a 1 GiB object            boto3: 16 threads of 8 MiB ranged GETs
-  warm sequential      read it again                  boto3: download again (it keeps nothing)
+  warm sequential      read it again at once          boto3: download again (it keeps nothing)
+   … page cache dropped  again, after drop_caches: each tool's own cache, not the kernel's
   first MiB            open and read the first MiB    boto3: one ranged GET
   cold ls -lR          list 10,000 objects            boto3: a paginated listing
   small cold / warm    open+read 2,500 × 4 KiB        boto3: 16 threads of GETs
+   … page cache dropped  as above
   random 4 KiB         1,000 reads in a 200 MiB one   boto3: one ranged GET each
 The ratio compares artfs with the best peer on each line (>1: artfs is better). A second table
 gives the requests the server answered and the bytes it sent for each tool and group of lines,
@@ -81,8 +83,9 @@ def random_reads(path: Path, offsets: list[int]) -> None:
 PEERS = ("boto3", "rclone", "s3fs")
 GROUPS = ("sequential", "first", "listing", "small", "random")
 MID = 200 * MiB  # the object random reads go to (smaller when --big-mib is)
-LINES = {"cold sequential": "GB/s", "warm sequential": "GB/s", "first MiB": "ms", "cold ls -lR": "s",
-         "small cold": "f/s", "small warm": "f/s", "random 4 KiB": "r/s"}  # fmt: skip
+LINES = {"cold sequential": "GB/s", "warm sequential": "GB/s", "warm seq, drop": "GB/s",
+         "first MiB": "ms", "cold ls -lR": "s", "small cold": "f/s", "small warm": "f/s",
+         "small warm, drop": "f/s", "random 4 KiB": "r/s"}  # fmt: skip
 
 
 Results = tuple[dict[str, dict[str, float]], dict[str, dict[str, tuple[int, int]]]]
@@ -151,8 +154,10 @@ def measure(group: str, root: Path, small: list[str], offsets: list[int], gb: fl
     if group == "sequential":
         os.stat(root / "big.bin")
         cold = gb / timed(lambda: read_file(root / "big.bin"))
+        warm = gb / timed(lambda: read_file(root / "big.bin"))
         drop_caches()
-        return {"cold sequential": cold, "warm sequential": gb / timed(lambda: read_file(root / "big.bin"))}
+        dropped = gb / timed(lambda: read_file(root / "big.bin"))
+        return {"cold sequential": cold, "warm sequential": warm, "warm seq, drop": dropped}
     if group == "first":
         os.stat(root / "big.bin")
         return {"first MiB": timed(lambda: read_first(root / "big.bin", MiB)) * 1e3}
@@ -162,8 +167,10 @@ def measure(group: str, root: Path, small: list[str], offsets: list[int], gb: fl
     if group == "small":
         paths = [root / p for p in small]
         cold = len(paths) / timed(lambda: read_many(paths))
+        warm = len(paths) / timed(lambda: read_many(paths))
         drop_caches()
-        return {"small cold": cold, "small warm": len(paths) / timed(lambda: read_many(paths))}
+        dropped = len(paths) / timed(lambda: read_many(paths))
+        return {"small cold": cold, "small warm": warm, "small warm, drop": dropped}
     os.stat(root / "mid.bin")
     return {"random 4 KiB": len(offsets) / timed(lambda: random_reads(root / "mid.bin", offsets))}
 
@@ -173,9 +180,10 @@ def run(work: Path, server: SeaweedFS, args: argparse.Namespace) -> Results:
     make_data(src, args)
     endpoint = server.endpoint
     plain = Plain(endpoint)
-    for path in src.rglob("*"):  # the same data as plain objects, for the peers
-        if path.is_file():
-            plain.s3.upload_file(str(path), S3_BUCKET, f"plain/{path.relative_to(src)}")
+    files = [p for p in src.rglob("*") if p.is_file()]
+    with ThreadPoolExecutor(16) as pool:  # the same data as plain objects, a copy per peer
+        uploads = [(str(p), f"{peer}/{p.relative_to(src)}") for peer in PEERS for p in files]
+        list(pool.map(lambda u: plain.s3.upload_file(u[0], S3_BUCKET, u[1]), uploads))
     store = f"s3://{S3_BUCKET}/artfs"
     subprocess.run(
         [*ARTFS, "--store", store, "push", "bench", str(src)], check=True, stdout=subprocess.DEVNULL
@@ -186,25 +194,26 @@ def run(work: Path, server: SeaweedFS, args: argparse.Namespace) -> Results:
     offsets = [rng.randrange(0, mid - 4096) for _ in range(1000)]
     size = args.big_mib * MiB
     gb = size / 1e9
-    keys = [f"plain/{p}" for p in small]
+    keys = [f"boto3/{p}" for p in small]
     out: dict[str, dict[str, float]] = {line: {} for line in LINES}
     traffic: dict[str, dict[str, tuple[int, int]]] = {group: {} for group in GROUPS}
 
     def boto3_group(group: str) -> dict[str, float]:
         if group == "sequential":
-            return {line: gb / timed(lambda: plain.download("plain/big.bin", size))
-                    for line in ("cold sequential", "warm sequential")}  # fmt: skip
+            return {line: gb / timed(lambda: plain.download("boto3/big.bin", size))
+                    for line in ("cold sequential", "warm sequential", "warm seq, drop")}  # fmt: skip
         if group == "first":
-            return {"first MiB": timed(lambda: plain.get("plain/big.bin", 0, MiB - 1)) * 1e3}
+            return {"first MiB": timed(lambda: plain.get("boto3/big.bin", 0, MiB - 1)) * 1e3}
         if group == "listing":
-            return {"cold ls -lR": timed(lambda: plain.listing("plain/listing/"))}
+            return {"cold ls -lR": timed(lambda: plain.listing("boto3/listing/"))}
         if group == "small":
             return {
-                line: len(keys) / timed(lambda: plain.get_many(keys)) for line in ("small cold", "small warm")
+                line: len(keys) / timed(lambda: plain.get_many(keys))
+                for line in ("small cold", "small warm", "small warm, drop")
             }
         return {
             "random 4 KiB": len(offsets)
-            / timed(lambda: [plain.get("plain/mid.bin", o, o + 4095) for o in offsets])
+            / timed(lambda: [plain.get("boto3/mid.bin", o, o + 4095) for o in offsets])
         }
 
     for tool in ("boto3", "rclone", "s3fs", "artfs"):
@@ -242,14 +251,14 @@ def mounted(tool: str, work: Path, endpoint: str, store: str) -> Iterator[Path]:
         config = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": endpoint, "ACCESS_KEY_ID": "bench",
                   "SECRET_ACCESS_KEY": "bench", "FORCE_PATH_STYLE": "true"}  # fmt: skip
         env = {**os.environ, **{f"RCLONE_CONFIG_SW_{k}": v for k, v in config.items()}}
-        argv = ["rclone", "mount", f"sw:{S3_BUCKET}/plain", str(mnt), "--read-only",
+        argv = ["rclone", "mount", f"sw:{S3_BUCKET}/rclone", str(mnt), "--read-only",
                 "--vfs-cache-mode", "full", "--cache-dir", str(cache)]  # fmt: skip
     else:
         env = dict(os.environ)
         passwd = work / "s3fs.passwd"
         passwd.write_text("bench:bench\n")
         passwd.chmod(0o600)
-        argv = ["s3fs", f"{S3_BUCKET}:/plain", str(mnt), "-f", "-o", f"url={endpoint}",
+        argv = ["s3fs", f"{S3_BUCKET}:/s3fs", str(mnt), "-f", "-o", f"url={endpoint}",
                 "-o", "use_path_request_style", "-o", f"passwd_file={passwd}", "-o", f"use_cache={cache}",
                 "-o", "ro"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
