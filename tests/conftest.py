@@ -99,7 +99,7 @@ class SeaweedFS:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
-        for port in self.ports:
+        for port in (*self.ports, *(p + 10000 for p in self.ports)):  # gRPC sockets too
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
 
