@@ -236,15 +236,12 @@ class CachedBlob(_FileBlob):
         start = index * self.block_size
         data = self._fetch(index)  # verified by the fetcher
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
-        if self._pinned or self._cache.reserve(len(data)):
-            try:
-                os.pwrite(self.fd, data, start)
-                os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
-            except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                log.warning("cache disk is full; serving blob %s without caching it", self.entry.hash)
-                return data
+
+        def write() -> None:
+            os.pwrite(self.fd, data, start)
+            os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
+
+        if self._cache.keep(self.entry.hash, len(data), self._pinned, write):
             self.present[index] = 1
             self.verified[index] = 1
         return data
@@ -296,14 +293,12 @@ class SmallBlob(BlobFile):
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._data = data
         self.verified[0] = 1
-        if self._pinned or self._cache.reserve(len(data)):
-            try:
-                self._path.parent.mkdir(exist_ok=True)
-                _write_atomic(self._path, data, durable=False)  # a torn file fails its hash
-            except OSError as e:
-                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                log.warning("cache disk is full; serving blob %s without caching it", self.entry.hash)
+
+        def write() -> None:
+            self._path.parent.mkdir(exist_ok=True)
+            _write_atomic(self._path, data, durable=False)  # a torn file fails its hash
+
+        self._cache.keep(self.entry.hash, len(data), self._pinned, write)
         return data
 
     def close(self) -> None:
@@ -372,7 +367,8 @@ class BlockCache:
 
     # -- space -------------------------------------------------------------------------------
     def scan(self) -> list[CachedBlobInfo]:
-        """Every blob in the cache with the disk space it takes, least recently used first."""
+        """Every blob in the cache with the disk space it takes, least recently used first.
+        Temporary files a crash left behind are removed on the way."""
         out = []
         for sub in _listdir(self.dir):
             for name in _listdir(self.dir / sub):
@@ -417,6 +413,20 @@ class BlockCache:
                 return True
             self.stats["blocks_not_cached"] += 1
             return False
+
+    def keep(self, blob_hash: str, size: int, pinned: bool, write: Callable[[], None]) -> bool:
+        """Put `size` new bytes of a blob in the cache with `write` if the budget has room (a
+        pinned blob always has). False when they were not kept: no room, or the disk is full."""
+        if not (pinned or self.reserve(size)):
+            return False
+        try:
+            write()
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("cache disk is full; serving blob %s without caching it", blob_hash)
+            return False
+        return True
 
     def prune(self, target: int = 0) -> tuple[int, int]:
         """Evict unused, unpinned blobs until the cache holds at most `target` bytes.

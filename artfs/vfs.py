@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -515,18 +515,22 @@ class Filesystem:
         assert self.background is not None and handle.ahead is not None
         bs = blob.block_size
         last = (min(offset + size, blob.entry.size) - 1) // bs
-        for i in handle.ahead.advise(offset // bs, last, len(blob.verified)):
-            if not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
-                self.counters["blocks_read_ahead"] += 1
+        self._fetch_missing(
+            blob, handle.ahead.advise(offset // bs, last, len(blob.verified)), "blocks_read_ahead"
+        )
 
     def _fetch_whole(self, blob: BlobFile, but: int) -> None:
         """A random reader: fetch every other block of the blob it lacks, in parallel, if the
         blob takes at most a quarter of the cache (else it would only push out other blobs)."""
-        if self.background is None or blob.entry.size > self.cache.budget // 4:
-            return
-        for i in range(len(blob.verified)):
-            if i != but and not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
-                self.counters["blocks_fetched_whole"] += 1
+        if self.background is not None and blob.entry.size <= self.cache.budget // 4:
+            others = (i for i in range(len(blob.verified)) if i != but)
+            self._fetch_missing(blob, others, "blocks_fetched_whole")
+
+    def _fetch_missing(self, blob: BlobFile, indices: Iterable[int], counter: str) -> None:
+        """Fetch in the background each of these blocks that is neither verified nor local."""
+        for i in indices:
+            if not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
+                self.counters[counter] += 1
 
     def _fetch_ahead(self, blob: BlobFile, index: int) -> bool:
         """Fetch a block in the background unless that is under way already; False then."""

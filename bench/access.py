@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 MiB = 1 << 20
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring as help, and `--dir` for the work directory."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir in /var/tmp)")
+    return ap
+
+
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace) -> Iterator[Path]:
+    """A fresh directory under `--dir`, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="artfs-bench-", dir=args.dir or "/var/tmp") as tmp:
+        yield Path(tmp)
 
 
 def timed(fn: Callable[[], object]) -> float:

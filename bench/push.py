@@ -10,14 +10,14 @@ every run. Prints seconds, MB/s and artfs's speed as a ratio of each baseline's.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from access import parser, workdir
 
 ARTFS = [sys.executable, "-m", "artfs"]
 
@@ -72,13 +72,11 @@ def bench(label: str, src: Path, work: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=10_000)
-    ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir in /var/tmp)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="artfs-bench-", dir=args.dir or "/var/tmp") as tmp:
-        work = Path(tmp)
+    with workdir(args) as work:
         big = work / "big"
         big.mkdir()
         make_big(big / "data.bin", args.big_mib)

@@ -13,16 +13,14 @@ the ceiling and of native.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from access import MiB, read_file, read_many, timed
+from access import MiB, parser, read_file, read_many, timed, workdir
 
 from artfs.daemon import is_artfs_mount, mounts, raise_read_ahead
 
@@ -84,14 +82,12 @@ def run_mounted(argv: list[str], mnt: Path, fstype: str, root: str, small: list[
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dir", type=Path, default=None, help="Work directory (default: a temp dir in /tmp).")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        work = Path(tmp)
+    with workdir(args) as work:
         src = work / "src"
         make_data(src, args.big_mib, args.small)
         small = sorted(str(p.relative_to(src)) for p in (src / "small").rglob("*.bin"))

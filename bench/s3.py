@@ -28,7 +28,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from access import MiB, drop_caches, read_file, read_many, timed
+from access import MiB, drop_caches, parser, read_file, read_many, timed, workdir
 
 from tests.conftest import S3_BUCKET, SeaweedFS  # the servers the tests use
 
@@ -92,7 +91,7 @@ Results = tuple[dict[str, dict[str, float]], dict[str, dict[str, tuple[int, int]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--big-mib", type=int, default=1024)
     ap.add_argument("--small", type=int, default=2500)
     ap.add_argument("--listing", type=int, default=10_000)
@@ -105,8 +104,7 @@ def main() -> None:
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
     os.environ.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 refuses to start with it, even for http
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+    with workdir(args) as work:
         (work / "weed").mkdir()
         server = SeaweedFS(work / "weed")
         server.start()

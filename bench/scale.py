@@ -7,13 +7,13 @@ same tree on the local disk, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from access import parser, workdir
 
 ARTFS = [sys.executable, "-m", "artfs"]
 
@@ -25,13 +25,11 @@ def timed(argv: list[str]) -> tuple[float, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--per-dir", type=int, default=1000)
-    ap.add_argument("--dir", type=Path, default=None, help="Work directory (default: a temp dir in /tmp).")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        work = Path(tmp)
+    with workdir(args) as work:
         src = work / "src"
         for i in range(args.files):
             d = src / f"d{i // args.per_dir:04d}"

@@ -522,6 +522,33 @@ def test_sigkill_leaves_a_cache_the_next_mount_reuses(
     third.umount()
 
 
+def test_small_files_are_cached_whole_and_a_torn_one_is_fetched_again(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    text = "a small file\n" * 100
+    push(store_url, "ds", make_tree(tmp_path / "src", {"small.txt": text}))
+    m = mount(store_url, "--no-in-place")
+    assert (m.path / "ds:v0" / "small.txt").read_text() == text
+    m.umount()
+    blob = artfs.Store(store_url).artifact("ds:v0").get_path("small.txt").hash
+    cached = [p for p in m.cache.rglob(f"{blob}*") if p.is_file()]
+    assert [p.name for p in cached] == [blob] and cached[0].read_text() == text  # whole, no .present
+
+    again = mount(store_url, "--no-in-place", path=m.path)
+    assert (again.path / "ds:v0" / "small.txt").read_text() == text
+    s = again.stats()
+    assert s.get("blocks_fetched", 0) == 0 and s["cache_blocks_reverified"] == 1
+    again.umount()
+
+    corrupt(cached[0], 5)
+    third = mount(store_url, "--no-in-place", path=m.path)
+    assert (third.path / "ds:v0" / "small.txt").read_text() == text
+    s = third.stats()
+    assert (s["blocks_fetched"], s["cache_blocks_dropped"]) == (1, 1)
+    third.umount()
+    assert cached[0].read_text() == text  # fetched again, and cached again
+
+
 # -- versions and aliases as they change --------------------------------------------------------
 def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> float:
     start = time.monotonic()

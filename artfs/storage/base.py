@@ -139,6 +139,17 @@ class RemoteBackend(Backend):
         """Turn the SDK's exceptions into domain errors naming the store and `key`;
         StoreUnavailableError for the ones worth retrying."""
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self._call(
+            "GET range", key, lambda: self._read_range(self._key(key), start, start + length - 1)
+        )
+
+    @abstractmethod
+    def _read_range(self, name: str, first: int, last: int) -> bytes:
+        """Bytes `first`..`last` (inclusive) of object `name`, b"" if it ends before `first`."""
+
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
         def attempt() -> T:
             with self._errors(key):

@@ -77,22 +77,14 @@ class GCSBackend(RemoteBackend):
 
         return self._call("GET", key, fn)
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
+    def _read_range(self, name: str, first: int, last: int) -> bytes:
+        from google.api_core.exceptions import RequestRangeNotSatisfiable
 
-        def fn() -> bytes:
-            from google.api_core.exceptions import RequestRangeNotSatisfiable
-
-            try:
-                data: bytes = self._bucket.blob(self._key(key)).download_as_bytes(
-                    start=start, end=start + length - 1, retry=None
-                )
-            except RequestRangeNotSatisfiable:
-                return b""  # starts at or past the end
-            return data
-
-        return self._call("GET range", key, fn)
+        try:
+            data: bytes = self._bucket.blob(name).download_as_bytes(start=first, end=last, retry=None)
+        except RequestRangeNotSatisfiable:
+            return b""  # starts at or past the end
+        return data
 
     def stat(self, key: str) -> ObjectInfo:
         def fn() -> ObjectInfo:

@@ -81,25 +81,17 @@ class S3Backend(RemoteBackend):
 
         return self._call("GET", key, fn)
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        if length <= 0:
-            return b""
+    def _read_range(self, name: str, first: int, last: int) -> bytes:
+        from botocore.exceptions import ClientError
 
-        def fn() -> bytes:
-            from botocore.exceptions import ClientError
-
-            try:
-                r = self._client.get_object(
-                    Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{start + length - 1}"
-                )
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return b""  # starts at or past the end
-                raise
-            data: bytes = r["Body"].read()
-            return data
-
-        return self._call("GET range", key, fn)
+        try:
+            r = self._client.get_object(Bucket=self.bucket, Key=name, Range=f"bytes={first}-{last}")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # starts at or past the end
+            raise
+        data: bytes = r["Body"].read()
+        return data
 
     def stat(self, key: str) -> ObjectInfo:
         def fn() -> ObjectInfo:
