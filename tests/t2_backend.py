@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from artfs.errors import ObjectNotFoundError, PreconditionFailedError
+from artfs.errors import ObjectNotFoundError, PreconditionFailedError, StoreError
 from artfs.storage import Backend, open_backend
 
 from .conftest import make_tree, run_cli
@@ -39,6 +39,16 @@ def test_get_range(backend: Backend) -> None:
     backend.put("r", bytes(range(100)))
     assert backend.get_range("r", 10, 5) == bytes(range(10, 15))
     assert backend.get_range("r", 95, 50) == bytes(range(95, 100))
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "fake_gcs"])
+def test_reads_from_a_missing_bucket_say_so(server: str, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue(server)
+    scheme = "s3" if server == "seaweedfs" else "gs"
+    with open_backend(f"{scheme}://no-such-bucket/x") as missing:
+        for read in (lambda: missing.get("k"), lambda: missing.get_range("k", 0, 10)):
+            with pytest.raises(StoreError, match="does not exist"):
+                read()
 
 
 def test_put_if_absent_claims_once(backend: Backend) -> None:

@@ -39,6 +39,7 @@ class GCSBackend(RemoteBackend):
                 credentials, found = google.auth.default()
                 self._client = storage.Client(project=found or project, credentials=credentials)
         self._bucket = self._client.bucket(bucket)
+        self._bucket_seen = False  # a 404 means a missing key once the bucket is known to exist
 
     @contextlib.contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -51,6 +52,7 @@ class GCSBackend(RemoteBackend):
         try:
             yield
         except api.NotFound:
+            self._check_bucket()
             raise ObjectNotFoundError(key) from None
         except api.PreconditionFailed:
             raise PreconditionFailedError(key) from None
@@ -67,6 +69,16 @@ class GCSBackend(RemoteBackend):
             raise StoreError(f"{self.url}: no Google credentials ({hint})") from None
         except (requests.exceptions.RequestException, auth.TransportError, OSError) as e:
             raise StoreUnavailableError(f"{self.url}: {key}: {e}") from None
+
+    def _check_bucket(self) -> None:
+        """A download answers 404 for a missing bucket as for a missing key: tell them apart
+        (once; a bucket that exists is remembered)."""
+        if not self._bucket_seen:
+            with self._errors(""):  # exists() answers False, never NotFound: no recursion
+                found = self._bucket.exists(retry=None)
+            if not found:
+                raise StoreError(f"{self.url}: bucket {self.bucket!r} does not exist")
+            self._bucket_seen = True
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, key: str) -> Payload:
