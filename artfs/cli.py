@@ -614,7 +614,7 @@ def cache_pin(ctx: click.Context, ref: str, cache_dir: Path, in_place: bool) -> 
     store = store_of(ctx)
     v = store.artifact(ref)
     blobs = store.blobs
-    if in_place and blobs.local_path(v.digest) is not None:
+    if in_place and blobs.on_this_machine:
         click.echo(f"{store.url} is read in place: {v.qualified_name} is always available here")
         return
     c = open_cache(ctx, cache_dir)

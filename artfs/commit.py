@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +29,8 @@ from .worktree import Source, hash_sources
 
 ON_CONFLICT = ("new", "skip", "error", "replace")
 UPLOAD_WORKERS = 8
+PACK_FILE = 256 * 1024  # files up to this size go into packs (on a remote store)
+PACK_BYTES = 8 * 1024 * 1024  # about this much per pack
 
 
 @dataclass(frozen=True)
@@ -50,27 +52,63 @@ def now() -> str:
 
 
 def upload_missing(
-    blobs: BlobStore, entries: Iterable[Entry], sources: dict[str, Source], progress: ProgressFactory
-) -> int:
-    """Upload the blobs the store does not have yet; return how many were uploaded."""
-    unique: dict[str, Entry] = {}
-    for e in entries:
-        if e.is_file and e.hash not in unique:
-            unique[e.hash] = e
+    blobs: BlobStore,
+    manifest: Manifest,
+    sources: dict[str, Source],
+    progress: ProgressFactory,
+    parent: Manifest | None = None,
+) -> Manifest:
+    """Upload the contents the store does not have yet; return the manifest saying where each
+    one is. Contents the parent version has are where the parent says. On a remote store,
+    other files of at most PACK_FILE go up in packs of about PACK_BYTES, in path order, so a
+    directory's files sit side by side; the rest are blobs, uploaded unless the store has them."""
+    known = {e.hash: e for e in parent.files()} if parent is not None else {}
+    placed = {h: e for h, e in known.items() if e.pack}
+    singles: dict[str, Entry] = {}
+    packed: dict[str, Entry] = {}
+    for e in manifest.files():
+        if e.hash in known or e.hash in singles or e.hash in packed:
+            continue
+        small = blobs.packs and e.size <= PACK_FILE
+        (packed if small else singles)[e.hash] = e
+    local = {e.path: str(sources[e.path].local) for e in (*singles.values(), *packed.values())}
     with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
-        present = dict(zip(unique, pool.map(blobs.has, unique), strict=True))
-        missing = [e for h, e in unique.items() if not present[h]]
-        with progress(total=sum(e.size for e in missing), desc="uploading") as bar:
+        present = dict(zip(singles, pool.map(blobs.has, singles), strict=True))
+        missing = [e for h, e in singles.items() if not present[h]]
+        packs = _packs(list(packed.values()))
+        total = sum(e.size for e in missing) + sum(e.size for e in packed.values())
+        with progress(total=total, desc="uploading") as bar:
 
             def upload(e: Entry) -> None:
-                local = sources[e.path].local
-                assert local is not None
-                blobs.upload(local, FileDigest(e.hash, e.size, e.blocks))
+                blobs.upload(local[e.path], FileDigest(e.hash, e.size, e.blocks))
                 bar.update(e.size)
+
+            def upload_pack(entries: list[Entry]) -> list[Entry]:
+                done = blobs.upload_pack(entries, local)
+                bar.update(sum(e.size for e in entries))
+                return done
 
             with blobs.backend.batch():
                 list(pool.map(upload, missing))
-    return len(missing)
+                for done in pool.map(upload_pack, packs):
+                    placed.update((e.hash, e) for e in done)
+    return Manifest.build(
+        (replace(e, pack=placed[e.hash].pack, offset=placed[e.hash].offset) if e.hash in placed else e)
+        for e in manifest
+    )
+
+
+def _packs(entries: list[Entry]) -> list[list[Entry]]:
+    """Consecutive groups of about PACK_BYTES (a pack ends after the file that reaches it)."""
+    out: list[list[Entry]] = [[]]
+    size = 0
+    for e in sorted(entries, key=lambda e: e.path):
+        if size >= PACK_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(e)
+        size += e.size
+    return [p for p in out if p]
 
 
 def commit(
@@ -111,7 +149,8 @@ def commit(
             catalog.set_alias(name, alias, latest.number)
         return CommitResult(latest, created=False)
 
-    upload_missing(blobs, manifest, by_path, progress)
+    parent = blobs.get_manifest(latest.manifest) if latest is not None else None
+    manifest = upload_missing(blobs, manifest, by_path, progress, parent)
     manifest_hash = blobs.put_manifest(manifest)
 
     def record(number: int) -> VersionRecord:

@@ -2,6 +2,7 @@
 
 config                              format record, read first and checked always
 blobs/ab/abcdef…                    file contents, write-once, named by content hash
+packs/ab/abcdef…                    small files' contents end to end, write-once, named by hash
 manifests/ab/abcdef…                manifests, write-once, named by the hash of their bytes
 artifacts/<name>/versions/<N>       version record, created with put-if-absent
 artifacts/<name>/aliases/<alias>    alias record, moved with compare-and-swap
@@ -15,6 +16,10 @@ ARTIFACTS = "artifacts/"
 
 def blob(content_hash: str) -> str:
     return f"blobs/{content_hash[:2]}/{content_hash}"
+
+
+def pack(object_hash: str) -> str:
+    return f"packs/{object_hash[:2]}/{object_hash}"
 
 
 def manifest(object_hash: str) -> str:

@@ -3,12 +3,14 @@
 Stored form (JSON, compact, keys sorted, entries sorted by path):
     {"format": 1, "block_size": 4194304, "entries": [
         {"kind": "file", "path": "a/b.csv", "size": 12, "mode": 420, "hash": "…", "mtime": ns,
-         "blocks": ["…", …]},                       # blocks only when size > block_size
+         "blocks": ["…", …],                        # blocks only when size > block_size
+         "pack": "…", "offset": n},                 # only for a small file stored in a pack
         {"kind": "link", "path": "c", "target": "a/b.csv"},
         {"kind": "dir", "path": "empty"}]}          # only directories with nothing inside
 The object is named by the xxh3-128 of these bytes (so a corrupt manifest is detected on read).
 The *digest* is a different hash: over kind, mode, content hash or link target and path only, so
-touching mtimes or re-ordering inputs does not make a new version.
+touching mtimes or re-ordering inputs does not make a new version (or where its bytes are kept:
+a blob of its own or a slice of a pack).
 """
 
 from __future__ import annotations
@@ -44,12 +46,17 @@ class Entry:
     blocks: tuple[str, ...] = ()
     mtime: int = 0
     target: str = ""
+    pack: str = ""  # the pack holding the content at `offset`; "" when it is a blob of its own
+    offset: int = 0
 
     def __post_init__(self) -> None:
         validate_path(self.path)
-        if self.kind == "file" and not all(map(HASH_RE.fullmatch, (self.hash, *self.blocks))):
+        hashes = (self.hash, *self.blocks, *((self.pack,) if self.pack else ()))
+        if self.kind == "file" and not all(map(HASH_RE.fullmatch, hashes)):
             # hashes become store keys and local paths: nothing else may pass
             raise CorruptDataError(f"{self.path!r}: {self.hash!r} is not an {ALGORITHM} content hash")
+        if self.offset < 0:
+            raise CorruptDataError(f"{self.path!r}: negative pack offset {self.offset}")
         if self.kind == "link":
             validate_link_target(self.path, self.target)
         elif self.kind not in ("file", "dir"):
@@ -88,6 +95,8 @@ class Entry:
         }
         if self.blocks:
             d["blocks"] = list(self.blocks)
+        if self.pack:
+            d["pack"], d["offset"] = self.pack, self.offset
         return d
 
     @classmethod
@@ -102,6 +111,8 @@ class Entry:
                     hash=str(d["hash"]),
                     blocks=tuple(d.get("blocks", ())),
                     mtime=int(d.get("mtime", 0)),
+                    pack=str(d.get("pack", "")),
+                    offset=int(d.get("offset", 0)),
                 )
             if kind == "link":
                 return cls(path=d["path"], kind="link", target=d["target"])

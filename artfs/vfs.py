@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -36,7 +37,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .blobs import BlobStore
+from .blobs import BlobStore, runs
 from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
 from .catalog import Catalog, VersionRecord
 from .errors import InvalidInputError, NotFoundError, StoreError, StoreUnavailableError
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 ROOT_TIMEOUT = 1.0
 TREE_TIMEOUT = 24 * 3600.0
 FAIL_FAST = 10.0  # seconds after a fetch found the store unreachable
-SIBLINGS = 16  # small files fetched along with one that is opened
+SIBLINGS = 64  # small files fetched along with one that is opened (refilled when half are read)
+RUN_BYTES = 4 * 1024 * 1024  # at most this much of a pack in one GET
 ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
 META_DIR = ".artfs"
 INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`
@@ -95,15 +97,15 @@ class VersionTree:
             self.parents.append(parent)
             self.children[parent][name] = node
 
-    def next_files(self, node: int, n: int) -> list[Entry]:
-        """Up to `n` files that follow `node` in its directory (nodes are in path order, so
-        they are the next nodes with the same parent)."""
-        out: list[Entry] = []
+    def files_from(self, node: int, n: int) -> list[tuple[int, Entry]]:
+        """Up to `n` files of `node`'s directory, from `node` on, with their nodes (nodes are
+        in path order, so they are the next nodes with the same parent)."""
+        out: list[tuple[int, Entry]] = []
         parent = self.parents[node]
-        for sibling in range(node + 1, min(len(self.entries), node + 1 + 4 * n)):
+        for sibling in range(node, min(len(self.entries), node + 4 * n)):
             e = self.entries[sibling]
             if self.parents[sibling] == parent and e is not None and e.kind == FILE:
-                out.append(e)
+                out.append((sibling, e))
                 if len(out) == n:
                     break
         return out
@@ -147,6 +149,32 @@ class _Flight:
     error: Exception | None = None
 
 
+class _RunFetch:
+    """Small files side by side in a pack, fetched with one GET by whichever of their fetches
+    runs first (in a worker thread); the others take their part. A content that failed its
+    check is fetched on its own, which reports the error."""
+
+    def __init__(self, blobs: BlobStore, run: list[Entry]) -> None:
+        self._blobs = blobs
+        self._run = run
+        self._lock = threading.Lock()
+        self._got: dict[str, bytes] | None = None
+        self._error: Exception | None = None
+
+    def fetch(self, entry: Entry, index: int) -> bytes:
+        with self._lock:
+            if self._got is None and self._error is None:
+                try:
+                    self._got = self._blobs.read_run(self._run)
+                except Exception as e:  # every file of the run gets it: the store was asked once
+                    self._error = e
+            if self._error is not None:
+                raise self._error
+        assert self._got is not None
+        data = self._got.get(entry.hash)
+        return data if data is not None else self._blobs.read_block(entry, index)
+
+
 @dataclass
 class _Handle:
     blob: BlobFile | None = None
@@ -179,6 +207,7 @@ class Filesystem:
         self.cache = cache
         self.threads = threads
         self.in_place = in_place
+        self._local = in_place and blobs.on_this_machine  # blobs read where they lie: none to fetch
         self.info = dict(info or {})
         self.started_ns = time.time_ns()
         self._instances: list[Instance | None] = [None]
@@ -191,7 +220,7 @@ class Filesystem:
         self._verified_in_place: dict[str, bytearray] = {}
         self._listing: tuple[float, list[Instance]] = (-1.0, [])
         self._ahead: set[tuple[str, int]] = set()
-        self._fetched_ahead: set[str] = set()  # small blobs fetched for siblings, not again
+        self._siblings_upto: dict[tuple[VersionTree, int], int] = {}  # (tree, dir) → last node fetched
         self.background: trio.Nursery | None = None  # where read-ahead runs; none: no read-ahead
         # Told (parent inode, name) when a root name stops meaning what the kernel may have
         # cached: an alias moved, a version was deleted (FUSE: invalidate_entry_async).
@@ -442,39 +471,55 @@ class Filesystem:
         entry = self._entry(ino)
         if not entry.size:
             return Opened(self._add_handle(_Handle()), keep_cache=True, direct_io=False)
+        if entry.size <= self.blobs.block_size and self.background is not None and not self._local:
+            self._fetch_siblings(tree, node)
         blob = self._open_blob(entry)
         ahead = ReadAhead(blob.block_size) if len(blob.verified) > 1 else None  # streams need blocks
-        handle = _Handle(blob, ahead=ahead)
-        if ahead is None and not blob.verified[0] and not blob.local(0) and self.background is not None:
-            self._fetch_siblings(tree, node)
-        return Opened(self._add_handle(handle), keep_cache=True, direct_io=False)
+        return Opened(self._add_handle(_Handle(blob, ahead=ahead)), keep_cache=True, direct_io=False)
 
     def _fetch_siblings(self, tree: VersionTree, node: int) -> None:
-        """A small file that must be fetched: fetch the next ones in its directory too, at the
-        same time. Whoever walks a directory (cp -r, tar, a data loader) reads them next."""
-        for entry in tree.next_files(node, SIBLINGS):
-            if not entry.size or entry.hash in self._fetched_ahead:
-                continue
-            blob = self._open_blob(entry)
-            single = len(blob.verified) == 1 and not blob.verified[0] and not blob.local(0)
-            if single and self._fetch_ahead(blob, 0):
-                self._fetched_ahead.add(entry.hash)
-                self.counters["files_fetched_ahead"] += 1
-            self._close_blob(entry.hash)
+        """A small file is opened: fetch it and the next small files in its directory that are
+        not cached, at the same time, since whoever walks a directory (cp -r, tar, a data
+        loader) reads them next. Files side by side in a pack come in one GET per run. The
+        window is refilled once the reader is half way through it."""
+        key = (tree, tree.parents[node])
+        upto = self._siblings_upto.get(key, -1)
+        if node + SIBLINGS // 2 <= upto:
+            return
+        files = [(k, e) for k, e in tree.files_from(node, SIBLINGS) if k > upto]
+        if not files:
+            return
+        self._siblings_upto[key] = files[-1][0]
+        todo = []
+        for _, e in files:
+            if 0 < e.size <= self.blobs.block_size and not self._fetching(e.hash, 0):
+                blob = self._open_blob(e)
+                if not blob.verified[0] and not blob.local(0):
+                    todo.append(e)
+                self._close_blob(e.hash)
+        opened = tree.entries[node]
+        for run in runs(todo, RUN_BYTES):
+            fetch = _RunFetch(self.blobs, run).fetch if len(run) > 1 else None
+            self.counters["pack_runs_fetched"] += fetch is not None
+            for e in run:
+                if self._fetch_ahead(self._open_blob(e, fetch), 0) and e is not opened:
+                    self.counters["files_fetched_ahead"] += 1
+                self._close_blob(e.hash)
 
-    def _open_blob(self, entry: Entry) -> BlobFile:
-        """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`)."""
+    def _open_blob(self, entry: Entry, fetch: Callable[[Entry, int], bytes] | None = None) -> BlobFile:
+        """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`).
+        `fetch(entry, index)` gets a block from the store if the blob is not open yet."""
         held = self._open_blobs.get(entry.hash)
         if held is not None:
             blob, users = held
         else:
-            path = self.blobs.local_path(entry.hash) if self.in_place else None
+            path = self.blobs.local_path(entry) if self.in_place else None
             if path is not None:
                 verified = self._verified_in_place.get(entry.hash)
                 blob = InPlaceBlob(entry, self.blobs.block_size, path, verified)
                 self._verified_in_place[entry.hash] = blob.verified
             else:
-                blob = self.cache.open(entry, lambda i: self.blobs.read_block(entry, i))
+                blob = self.cache.open(entry, functools.partial(fetch or self.blobs.read_block, entry))
             users = 0
         self._open_blobs[entry.hash] = (blob, users + 1)
         return blob
@@ -532,11 +577,15 @@ class Filesystem:
             if not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
                 self.counters[counter] += 1
 
+    def _fetching(self, content_hash: str, index: int) -> bool:
+        key = (content_hash, index)
+        return key in self._flights or key in self._ahead
+
     def _fetch_ahead(self, blob: BlobFile, index: int) -> bool:
         """Fetch a block in the background unless that is under way already; False then."""
         assert self.background is not None
         key = (blob.entry.hash, index)
-        if key in self._flights or key in self._ahead:
+        if self._fetching(*key):
             return False
         self._ahead.add(key)
         self._open_blob(blob.entry)  # one more user: the blob stays open until the load ends

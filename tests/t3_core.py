@@ -25,7 +25,7 @@ from artfs.errors import (
     VersionNotFoundError,
 )
 
-from .conftest import make_tree
+from .conftest import GCS_BUCKET, S3_BUCKET, make_tree
 
 BLOCK = 64 * 1024
 
@@ -359,3 +359,43 @@ def test_progress_is_reported_for_transfers(store: artfs.Store, tmp_path: Path) 
     v = store.log_artifact(art, progress=Recorder)
     v.download(tmp_path / "out", progress=Recorder)
     assert seen == {"hashing": [8000, 8000], "uploading": [8000, 8000], "downloading": [8000, 8000]}
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "fake_gcs"])
+def test_small_files_go_up_in_packs_on_a_remote_store(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    request.getfixturevalue(server)
+    scheme, bucket = ("s3", S3_BUCKET) if server == "seaweedfs" else ("gs", GCS_BUCKET)
+    files: dict[str, str | bytes] = {f"d/f{i:02d}.txt": f"file {i}\n" * (i + 1) for i in range(50)}
+    files["big.bin"] = os.urandom(300 * 1024)  # above PACK_FILE: a blob of its own
+    src = make_tree(tmp_path / "src", files)
+    with artfs.Store(f"{scheme}://{bucket}/packs-{os.getpid()}") as store:
+        v0 = push_dir(store, "ds", src)
+        assert (count(store, "packs/"), count(store, "blobs/")) == (1, 1)
+        entries = {e.path: e for e in v0.manifest.files()}
+        assert not entries["big.bin"].pack and len({entries[p].offset for p in files if p != "big.bin"}) == 50
+        assert all(v0.open(p).read() == (c if isinstance(c, bytes) else c.encode()) for p, c in files.items())
+        assert v0.verify(Path(v0.download(tmp_path / "out"))) == []
+
+        assert push_dir(store, "ds", src).version == "v0"  # unchanged: nothing new
+        (src / "d" / "new.txt").write_text("new")
+        v1 = push_dir(store, "ds", src)
+        assert (v1.version, count(store, "packs/")) == ("v1", 2)  # only the new file went up
+        assert v1.manifest.get("d/f07.txt") == entries["d/f07.txt"]  # where v0 put it
+        assert v1.open("d/new.txt").read() == b"new"
+
+        pack, at = keys.pack(entries["d/f07.txt"].pack), entries["d/f07.txt"].offset
+        good = store.backend.get(pack).data
+        store.backend.put(pack, good[:at] + b"X" + good[at + 1 :])  # damaged in the store
+        with pytest.raises(CorruptDataError, match="is corrupt"):
+            v0.open("d/f07.txt").read()
+        store.backend.delete(pack)
+        with pytest.raises(CorruptDataError, match="missing"):
+            v0.open("d/f07.txt").read()
+
+        f = src / "d" / "f00.txt"
+        entry = entries["d/f00.txt"]
+        f.write_text("changed between hashing and uploading")
+        with pytest.raises(ContentChangedError):
+            store.blobs.upload_pack([entry], {entry.path: str(f)})
