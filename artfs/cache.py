@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import mmap
@@ -39,7 +40,7 @@ import shutil
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
 MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped; smaller ones cached whole
 STALE_TMP = 3600  # seconds after which a temporary file in the cache is a crash's leftover
+RECENT_BYTES = 64 * 1024 * 1024  # small blobs kept in memory once fetched or read (see `recall`)
 
 
 class BlobFile(ABC):
@@ -253,18 +255,24 @@ class CachedBlob(_FileBlob):
 
 class SmallBlob(BlobFile):
     """A blob of at most MAP_MIN bytes (one block), cached as a whole file and held in memory
-    once read, so that opening one costs a single read of the cache."""
+    once read, so that opening one costs a single read of the cache, or nothing when it was
+    fetched or read a moment ago (the cache remembers those: a walk opens files just fetched
+    ahead of it)."""
 
     def __init__(self, cache: BlockCache, entry: Entry, fetch: Callable[[int], bytes], pinned: bool) -> None:
         super().__init__(entry, cache.block_size)
         self._cache = cache
         self._fetch = fetch
         self._pinned = pinned
-        self._path = cache.path(entry.hash)
-        self._data = b""
+        self._data = cache.recall(entry.hash)  # verified when it was remembered
+        self.verified[0] = self._data is not None
+
+    @functools.cached_property
+    def _path(self) -> Path:
+        return self._cache.path(self.entry.hash)
 
     def _serve(self, pos: int, length: int) -> Buffer:
-        return memoryview(self._data)[pos : pos + length]
+        return memoryview(self._data or b"")[pos : pos + length]
 
     def local(self, index: int) -> bool:
         return bool(self.verified[0]) or self._path.exists()
@@ -285,6 +293,7 @@ class SmallBlob(BlobFile):
             os.utime(self._path)  # the LRU clock: last opened
         self._data = data
         self.verified[0] = 1
+        self._cache.remember(self.entry.hash, data)
         self._cache.count("cache_blocks_reverified")
         return data
 
@@ -293,6 +302,7 @@ class SmallBlob(BlobFile):
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._data = data
         self.verified[0] = 1
+        self._cache.remember(self.entry.hash, data)
 
         def write() -> None:
             self._path.parent.mkdir(exist_ok=True)
@@ -302,7 +312,7 @@ class SmallBlob(BlobFile):
         return data
 
     def close(self) -> None:
-        self._data = b""
+        self._data = None
 
 
 def _open_shared(path: Path) -> int:
@@ -347,9 +357,27 @@ class BlockCache:
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._usage: int | None = None
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_bytes = 0
 
     def path(self, content_hash: str) -> Path:
         return self.dir / content_hash[:2] / content_hash
+
+    def remember(self, content_hash: str, data: bytes) -> None:
+        """Keep a verified small blob in memory (the least recently used go past RECENT_BYTES)."""
+        with self._lock:
+            if content_hash not in self._recent:
+                self._recent[content_hash] = data
+                self._recent_bytes += len(data)
+            while self._recent_bytes > RECENT_BYTES:
+                self._recent_bytes -= len(self._recent.popitem(last=False)[1])
+
+    def recall(self, content_hash: str) -> bytes | None:
+        with self._lock:
+            data = self._recent.get(content_hash)
+            if data is not None:
+                self._recent.move_to_end(content_hash)
+            return data
 
     def counters(self) -> dict[str, int]:
         with self._lock:

@@ -152,25 +152,20 @@ class _Flight:
 class _RunFetch:
     """Small files side by side in a pack, fetched with one GET by whichever of their fetches
     runs first (in a worker thread); the others take their part. A content that failed its
-    check is fetched on its own, which reports the error."""
+    check, or any after the GET failed, is fetched on its own (which reports its error)."""
 
     def __init__(self, blobs: BlobStore, run: list[Entry]) -> None:
         self._blobs = blobs
         self._run = run
         self._lock = threading.Lock()
-        self._got: dict[str, bytes] | None = None
-        self._error: Exception | None = None
+        self._got: dict[str, bytes] = {}
+        self._tried = False
 
     def fetch(self, entry: Entry, index: int) -> bytes:
         with self._lock:
-            if self._got is None and self._error is None:
-                try:
-                    self._got = self._blobs.read_run(self._run)
-                except Exception as e:  # every file of the run gets it: the store was asked once
-                    self._error = e
-            if self._error is not None:
-                raise self._error
-        assert self._got is not None
+            if not self._tried:
+                self._tried = True  # once: a failed run is not asked for again
+                self._got = self._blobs.read_run(self._run)
         data = self._got.get(entry.hash)
         return data if data is not None else self._blobs.read_block(entry, index)
 

@@ -413,6 +413,7 @@ def test_walking_a_directory_fetches_its_small_files_together(
         assert (d / f"f{i:03d}.txt").read_text() == files[f"d/f{i:03d}.txt"]
     s = m.stats()
     assert (s["blocks_fetched"], s["files_fetched_ahead"]) == (n, n - 1)  # each once, all ahead
+    assert s.get("cache_blocks_reverified", 0) == 0  # opened from memory, not read back from disk
     assert s.get("pack_runs_fetched", 0) == 2 * remote
 
 
