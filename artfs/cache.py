@@ -61,7 +61,8 @@ DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
 MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped; smaller ones cached whole
 STALE_TMP = 3600  # seconds after which a temporary file in the cache is a crash's leftover
-RECENT_BYTES = 64 * 1024 * 1024  # small blobs kept in memory once fetched or read (see `recall`)
+RECENT_BYTES = 256 * 1024 * 1024  # blocks kept in memory once fetched or read (see `recall`)
+DIRECT_ALIGN = 4096  # O_DIRECT writes: offsets, lengths and buffers aligned to this
 
 
 class BlobFile(ABC):
@@ -212,11 +213,30 @@ class CachedBlob(_FileBlob):
         n = len(self.verified)
         self.present = bytearray(os.pread(self._present_fd, n, 0).ljust(n, b"\0"))
         os.utime(self._present_fd)  # the LRU clock: last opened
+        self._path = path
+
+    def _serve(self, pos: int, length: int) -> Buffer:
+        """From the blocks in memory where they are, else from the mapping."""
+        parts: list[Buffer] = []
+        end = pos + length
+        while pos < end:
+            i = pos // self.block_size
+            start = i * self.block_size
+            stop = min(end, start + self.block_size)
+            data = self._cache.recall(self.entry.hash, i)
+            part = memoryview(data)[pos - start : stop - start] if data else super()._serve(pos, stop - pos)
+            parts.append(part)
+            pos = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def local(self, index: int) -> bool:
         return bool(self.present[index])
 
     def load_local(self, index: int) -> Buffer | None:
+        remembered = self._cache.recall(self.entry.hash, index)
+        if remembered is not None:  # verified when it was remembered
+            self.verified[index] = 1
+            return remembered
         if not self.present[index]:
             return None
         start, length, _ = self.entry.block(index, self.block_size)
@@ -240,13 +260,37 @@ class CachedBlob(_FileBlob):
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
 
         def write() -> None:
-            os.pwrite(self.fd, data, start)
+            self._write(data, start)
             os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
 
         if self._cache.keep(self.entry.hash, len(data), self._pinned, write):
             self.present[index] = 1
             self.verified[index] = 1
+        self._cache.remember(self.entry.hash, index, data)
         return data
+
+    def _write(self, data: bytes, start: int) -> None:
+        """Write a block around the page cache where the filesystem allows (O_DIRECT): the
+        reader's pages of the FUSE file hold these bytes already, and a second copy in the
+        cache file's pages would double the memory a cold read takes (and allocating fresh
+        pages is what a buffered write spends most of its time on). Blocks just written are
+        served from memory (`recall`) meanwhile."""
+        if self._cache.direct and len(data) % DIRECT_ALIGN == 0:
+            try:
+                fd = os.open(self._path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._cache.direct = False  # tmpfs and some others: buffered writes
+            else:
+                try:
+                    buffer = _aligned(len(data))
+                    buffer[: len(data)] = data
+                    os.pwrite(fd, memoryview(buffer)[: len(data)], start)
+                    return
+                finally:
+                    os.close(fd)
+        os.pwrite(self.fd, data, start)
 
     def close(self) -> None:
         os.close(self._present_fd)
@@ -264,7 +308,7 @@ class SmallBlob(BlobFile):
         self._cache = cache
         self._fetch = fetch
         self._pinned = pinned
-        self._data = cache.recall(entry.hash)  # verified when it was remembered
+        self._data = cache.recall(entry.hash, 0)  # verified when it was remembered
         self.verified[0] = self._data is not None
 
     @functools.cached_property
@@ -293,7 +337,7 @@ class SmallBlob(BlobFile):
             os.utime(self._path)  # the LRU clock: last opened
         self._data = data
         self.verified[0] = 1
-        self._cache.remember(self.entry.hash, data)
+        self._cache.remember(self.entry.hash, 0, data)
         self._cache.count("cache_blocks_reverified")
         return data
 
@@ -302,7 +346,7 @@ class SmallBlob(BlobFile):
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._data = data
         self.verified[0] = 1
-        self._cache.remember(self.entry.hash, data)
+        self._cache.remember(self.entry.hash, 0, data)
 
         def write() -> None:
             self._path.parent.mkdir(exist_ok=True)
@@ -313,6 +357,17 @@ class SmallBlob(BlobFile):
 
     def close(self) -> None:
         self._data = None
+
+
+_buffers = threading.local()
+
+
+def _aligned(size: int) -> mmap.mmap:
+    """This thread's page-aligned buffer of at least `size` bytes (for O_DIRECT writes)."""
+    buffer: mmap.mmap | None = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers.buffer = mmap.mmap(-1, size)
+    return buffer
 
 
 def _open_shared(path: Path) -> int:
@@ -357,26 +412,29 @@ class BlockCache:
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._usage: int | None = None
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._recent_bytes = 0
+        self.direct = True  # write blocks with O_DIRECT (off where the filesystem refuses it)
 
     def path(self, content_hash: str) -> Path:
         return self.dir / content_hash[:2] / content_hash
 
-    def remember(self, content_hash: str, data: bytes) -> None:
-        """Keep a verified small blob in memory (the least recently used go past RECENT_BYTES)."""
+    def remember(self, content_hash: str, index: int, data: bytes) -> None:
+        """Keep a verified block in memory (the least recently used go past RECENT_BYTES)."""
+        key = (content_hash, index)
         with self._lock:
-            if content_hash not in self._recent:
-                self._recent[content_hash] = data
+            if key not in self._recent:
+                self._recent[key] = data
                 self._recent_bytes += len(data)
             while self._recent_bytes > RECENT_BYTES:
                 self._recent_bytes -= len(self._recent.popitem(last=False)[1])
 
-    def recall(self, content_hash: str) -> bytes | None:
+    def recall(self, content_hash: str, index: int) -> bytes | None:
+        key = (content_hash, index)
         with self._lock:
-            data = self._recent.get(content_hash)
+            data = self._recent.get(key)
             if data is not None:
-                self._recent.move_to_end(content_hash)
+                self._recent.move_to_end(key)
             return data
 
     def counters(self) -> dict[str, int]:

