@@ -6,7 +6,7 @@ against its name: a blob block whose hash differs from the manifest's is never r
 A pack holds many small files' contents end to end, in path order; the manifest says where each
 one starts. A remote store charges per request (≈1 ms of server CPU per GET on SeaweedFS, more
 on a real network), so a directory of thousands of small files goes up in a few PUTs and comes
-back in a few ranged GETs (`read_run`), where a blob per file would cost one request each.
+back in a few ranged GETs (`read_span`), where a blob per file would cost one request each.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import io
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -27,6 +27,9 @@ from .manifest import Entry, Manifest
 from .storage import Backend
 
 log = logging.getLogger(__name__)
+
+Piece = tuple[Entry, int]  # block `index` of a file's content
+SPAN_GAP = 256 * 1024  # bytes a GET may fetch for nothing to save a request (see `spans`)
 
 
 class _VerifyingReader(io.RawIOBase):
@@ -95,25 +98,50 @@ class BlobStore:
 
     def read_block(self, entry: Entry, index: int) -> bytes:
         """Block `index` of a file's content, verified against the manifest."""
-        start, length, _ = entry.block(index, self.block_size)
+        key, offset, length = self.location(entry, index)
         if length <= 0:
             return b""
-        key = keys.pack(entry.pack) if entry.pack else keys.blob(entry.hash)
-        data = self._get(key, entry.offset + start, length, entry)
+        data = self._get(key, offset, length, entry)
         check_block(entry, index, self.block_size, data, self.backend.url)
         return data
 
-    def read_run(self, entries: list[Entry]) -> dict[str, bytes]:
-        """The contents of small files that lie in one pack, near each other (see `runs`), with
-        one ranged GET. Only verified contents are returned, by hash: a caller reads any other
-        one on its own (and gets its error then)."""
-        first, last = entries[0], entries[-1]
-        span = self._get(keys.pack(first.pack), first.offset, last.offset + last.size - first.offset, first)
+    def location(self, entry: Entry, index: int) -> tuple[str, int, int]:
+        """Where block `index` of a file's content is: store key, offset, length."""
+        start, length, _ = entry.block(index, self.block_size)
+        if entry.pack:
+            return keys.pack(entry.pack), entry.offset + start, length
+        return keys.blob(entry.hash), start, length
+
+    def read_span(self, pieces: list[Piece]) -> dict[tuple[str, int], bytes]:
+        """Blocks that lie in one object, in order (see `spans`), with one ranged GET. Only
+        verified ones are returned, by (content hash, index): a caller fetches any other on its
+        own, which reports what is wrong with it."""
+        where = [self.location(e, i) for e, i in pieces]
+        key, first, _ = where[0]
+        _, last, length = where[-1]
+        span = self._get(key, first, last + length - first, pieces[0][0])
         out = {}
-        for e in entries:
-            data = span[e.offset - first.offset : e.offset - first.offset + e.size]
-            if len(data) == e.size and hash_bytes(data) == e.hash:
-                out[e.hash] = data
+        for (e, i), (_, start, length) in zip(pieces, where, strict=True):
+            data = span[start - first : start - first + length]
+            if len(data) == length and hash_bytes(data) == e.block(i, self.block_size)[2]:
+                out[e.hash, i] = data
+        return out
+
+    def spans(self, pieces: Iterable[Piece], max_bytes: int) -> list[list[Piece]]:
+        """Group blocks into spans that one GET of at most `max_bytes` fetches: blocks of one
+        object, in order, with at most SPAN_GAP bytes between two (small files of a pack that
+        are cached already, say: cheaper to fetch again than to ask for separately)."""
+        out: list[list[Piece]] = []
+        key, first, end = "", 0, 0  # of the current span: object, first offset, end of the last
+        for piece in pieces:
+            k, start, length = self.location(*piece)
+            joins = k == key and end <= start <= end + SPAN_GAP and start + length - first <= max_bytes
+            if out and joins:
+                out[-1].append(piece)
+            else:
+                out.append([piece])
+                key, first = k, start
+            end = start + length
         return out
 
     def _get(self, key: str, start: int, length: int, entry: Entry) -> bytes:
@@ -165,26 +193,6 @@ class BlobStore:
             log.error("manifest %s is corrupt in %s", object_hash, self.backend.url)
             raise CorruptDataError(f"manifest {object_hash} is corrupt")
         return Manifest.from_bytes(data)
-
-
-def runs(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
-    """Split files into groups that one ranged GET of at most `max_bytes` fetches: packed files
-    in one pack with nothing else between them but already-fetched files (at most a run's
-    worth). Files of their own make groups of one."""
-    out: list[list[Entry]] = []
-    for e in entries:
-        last = out[-1] if out else None
-        if (
-            last
-            and e.pack
-            and e.pack == last[0].pack
-            and last[-1].offset < e.offset
-            and e.offset + e.size - last[0].offset <= max_bytes
-        ):
-            last.append(e)
-        else:
-            out.append([e])
-    return out
 
 
 class _BlobReader(io.RawIOBase):

@@ -71,6 +71,8 @@ class BlobFile(ABC):
     run it inline); `fetch` gets one from the store (blocking: callers run it in a worker thread).
     """
 
+    _fetch: Callable[[int], bytes]  # a block from the store, verified
+
     def __init__(self, entry: Entry, block_size: int) -> None:
         self.entry = entry
         self.block_size = block_size
@@ -118,9 +120,13 @@ class BlobFile(ABC):
         """Verified bytes of a block on local disk, or None if it must be fetched. Never touches
         the network. CorruptDataError if the bytes are wrong and there is nowhere else to look."""
 
-    @abstractmethod
     def fetch(self, index: int) -> Buffer:
         """Verified bytes of a block from the store (blocking). CorruptDataError if bad."""
+        return self.accept(index, self._fetch(index))
+
+    @abstractmethod
+    def accept(self, index: int, data: bytes) -> Buffer:
+        """Take block `index`, fetched and verified by the caller: keep it, serve it from now on."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -191,6 +197,9 @@ class InPlaceBlob(_FileBlob):
     def fetch(self, index: int) -> Buffer:
         return self.load_local(index)  # the store is this disk
 
+    def accept(self, index: int, data: bytes) -> Buffer:
+        raise AssertionError("a blob read in place is never fetched")
+
 
 class CachedBlob(_FileBlob):
     """A blob copied block by block into the cache as it is read."""
@@ -254,9 +263,8 @@ class CachedBlob(_FileBlob):
         self._cache.count("cache_blocks_reverified")
         return data
 
-    def fetch(self, index: int) -> Buffer:
+    def accept(self, index: int, data: bytes) -> Buffer:
         start = index * self.block_size
-        data = self._fetch(index)  # verified by the fetcher
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
 
         def write() -> None:
@@ -341,8 +349,7 @@ class SmallBlob(BlobFile):
         self._cache.count("cache_blocks_reverified")
         return data
 
-    def fetch(self, index: int) -> Buffer:
-        data = self._fetch(0)  # verified by the fetcher
+    def accept(self, index: int, data: bytes) -> Buffer:
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._data = data
         self.verified[0] = 1

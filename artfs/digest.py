@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 ALGORITHM = "xxh3-128"
-DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+DEFAULT_BLOCK_SIZE = 1024 * 1024  # of new stores (each store's config says its own)
 
 
 def hash_bytes(data: bytes | memoryview) -> str:

@@ -26,7 +26,6 @@ import functools
 import json
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -37,7 +36,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .blobs import BlobStore, runs
+from .blobs import BlobStore
 from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
 from .catalog import Catalog, VersionRecord
 from .errors import InvalidInputError, NotFoundError, StoreError, StoreUnavailableError
@@ -52,7 +51,7 @@ ROOT_TIMEOUT = 1.0
 TREE_TIMEOUT = 24 * 3600.0
 FAIL_FAST = 10.0  # seconds after a fetch found the store unreachable
 SIBLINGS = 64  # small files fetched along with one that is opened (refilled when half are read)
-RUN_BYTES = 4 * 1024 * 1024  # at most this much of a pack in one GET
+SPAN_BYTES = 8 * 1024 * 1024  # at most this much in one GET: a blob's blocks, or a pack's files
 ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
 META_DIR = ".artfs"
 INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`
@@ -149,27 +148,6 @@ class _Flight:
     error: Exception | None = None
 
 
-class _RunFetch:
-    """Small files side by side in a pack, fetched with one GET by whichever of their fetches
-    runs first (in a worker thread); the others take their part. A content that failed its
-    check, or any after the GET failed, is fetched on its own (which reports its error)."""
-
-    def __init__(self, blobs: BlobStore, run: list[Entry]) -> None:
-        self._blobs = blobs
-        self._run = run
-        self._lock = threading.Lock()
-        self._got: dict[str, bytes] = {}
-        self._tried = False
-
-    def fetch(self, entry: Entry, index: int) -> bytes:
-        with self._lock:
-            if not self._tried:
-                self._tried = True  # once: a failed run is not asked for again
-                self._got = self._blobs.read_run(self._run)
-        data = self._got.get(entry.hash)
-        return data if data is not None else self._blobs.read_block(entry, index)
-
-
 @dataclass
 class _Handle:
     blob: BlobFile | None = None
@@ -225,33 +203,48 @@ class Filesystem:
         self.counters: Counter[str] = Counter()  # loop-thread only; the cache counts its own
 
     # -- single-flight -----------------------------------------------------------------------
-    async def _once(self, key: Any, fn: Callable[[], Any], background: bool = False) -> Any:
+    async def _once(self, key: Any, fn: Callable[[], Any]) -> Any:
         """Run `fn` in a worker thread once per key however many tasks ask at the same time;
         they all get its result or its error."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = _Flight()
-            try:
-                flight.data = await self.threads.run(fn, background=background)
-            except Exception as e:
-                flight.error = e
-            finally:
-                del self._flights[key]
-                flight.done.set()
+            flight = (await self._fly([key], lambda: {key: fn()}, background=False))[key]
         else:
             await flight.done.wait()
         if flight.error is not None:
             raise flight.error
         return flight.data
 
-    async def _ask(self, key: Any, fn: Callable[[], Any], background: bool = False) -> Any:
+    async def _fly(
+        self, keys: list[Any], fn: Callable[[], dict[Any, Any]], background: bool
+    ) -> dict[Any, _Flight]:
+        """Run `fn` in a worker thread as the flight of each of `keys` (none in flight yet): it
+        returns each key's result, or the exception that key's askers get."""
+        flights = {k: _Flight() for k in keys}
+        self._flights.update(flights)
+        try:
+            got = await self.threads.run(fn, background=background)
+            for k, f in flights.items():
+                f.data = got[k]
+                if isinstance(f.data, Exception):
+                    f.error = f.data
+        except Exception as e:
+            for f in flights.values():
+                f.error = e
+        finally:
+            for k, f in flights.items():
+                del self._flights[k]
+                f.done.set()
+        return flights
+
+    async def _ask(self, key: Any, fn: Callable[[], Any]) -> Any:
         """`_once` for anything that asks the store. Once the store was found unreachable (after
         the retries), fail fast for a while: every request would otherwise wait them out again
         (and the kernel repeats a failed read)."""
         if time.monotonic() < self._down_until:
             raise StoreUnavailableError(f"{self.blobs.backend.url} is unreachable (asking again shortly)")
         try:
-            return await self._once(key, fn, background)
+            return await self._once(key, fn)
         except StoreUnavailableError:
             self._down_until = time.monotonic() + FAIL_FAST
             raise
@@ -493,17 +486,13 @@ class Filesystem:
                     todo.append(e)
                 self._close_blob(e.hash)
         opened = tree.entries[node]
-        for run in runs(todo, RUN_BYTES):
-            fetch = _RunFetch(self.blobs, run).fetch if len(run) > 1 else None
-            self.counters["pack_runs_fetched"] += fetch is not None
-            for e in run:
-                if self._fetch_ahead(self._open_blob(e, fetch), 0) and e is not opened:
-                    self.counters["files_fetched_ahead"] += 1
-                self._close_blob(e.hash)
+        for span in self.blobs.spans(((e, 0) for e in todo), SPAN_BYTES):
+            self.counters["pack_runs_fetched"] += len(span) > 1
+            self.counters["files_fetched_ahead"] += sum(e is not opened for e, _ in span)
+            self._fetch_ahead([(self._open_blob(e), 0) for e, _ in span])
 
-    def _open_blob(self, entry: Entry, fetch: Callable[[Entry, int], bytes] | None = None) -> BlobFile:
-        """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`).
-        `fetch(entry, index)` gets a block from the store if the blob is not open yet."""
+    def _open_blob(self, entry: Entry) -> BlobFile:
+        """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`)."""
         held = self._open_blobs.get(entry.hash)
         if held is not None:
             blob, users = held
@@ -514,7 +503,7 @@ class Filesystem:
                 blob = InPlaceBlob(entry, self.blobs.block_size, path, verified)
                 self._verified_in_place[entry.hash] = blob.verified
             else:
-                blob = self.cache.open(entry, functools.partial(fetch or self.blobs.read_block, entry))
+                blob = self.cache.open(entry, functools.partial(self.blobs.read_block, entry))
             users = 0
         self._open_blobs[entry.hash] = (blob, users + 1)
         return blob
@@ -546,56 +535,86 @@ class Filesystem:
             loaded[i] = data
         return blob.read(offset, size, loaded)
 
-    async def _fetch(self, blob: BlobFile, index: int, background: bool = False) -> Buffer:
-        fetch = functools.partial(blob.fetch, index)
-        data: Buffer = await self._ask((blob.entry.hash, index), fetch, background)
+    async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
+        data: Buffer = await self._ask((blob.entry.hash, index), functools.partial(blob.fetch, index))
         return data
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
+        """Fetch the blocks the read-ahead window holds and nobody fetches yet, once they make a
+        span (a GET of SPAN_BYTES) or the nearest of them is less than a span ahead of the
+        reader: a window that slides one block per read would otherwise cost a GET per block."""
         assert self.background is not None and handle.ahead is not None
         bs = blob.block_size
         last = (min(offset + size, blob.entry.size) - 1) // bs
-        self._fetch_missing(
-            blob, handle.ahead.advise(offset // bs, last, len(blob.verified)), "blocks_read_ahead"
-        )
+        todo = self._missing(blob, handle.ahead.advise(offset // bs, last, len(blob.verified)))
+        span = SPAN_BYTES // bs
+        if todo and (len(todo) >= span or todo[0] - last <= span or todo[-1] == len(blob.verified) - 1):
+            self._fetch_blocks(blob, todo, "blocks_read_ahead")
 
     def _fetch_whole(self, blob: BlobFile, but: int) -> None:
         """A random reader: fetch every other block of the blob it lacks, in parallel, if the
         blob takes at most a quarter of the cache (else it would only push out other blobs)."""
         if self.background is not None and blob.entry.size <= self.cache.budget // 4:
             others = (i for i in range(len(blob.verified)) if i != but)
-            self._fetch_missing(blob, others, "blocks_fetched_whole")
+            self._fetch_blocks(blob, self._missing(blob, others), "blocks_fetched_whole")
 
-    def _fetch_missing(self, blob: BlobFile, indices: Iterable[int], counter: str) -> None:
-        """Fetch in the background each of these blocks that is neither verified nor local."""
-        for i in indices:
-            if not blob.verified[i] and not blob.local(i) and self._fetch_ahead(blob, i):
-                self.counters[counter] += 1
+    def _missing(self, blob: BlobFile, indices: Iterable[int]) -> list[int]:
+        """Those of these blocks that are neither verified nor local, and not being fetched."""
+        h = blob.entry.hash
+        return [i for i in indices if not blob.verified[i] and not blob.local(i) and not self._fetching(h, i)]
+
+    def _fetch_blocks(self, blob: BlobFile, indices: list[int], counter: str) -> None:
+        """Fetch these blocks in the background, a span of neighbours per GET."""
+        for span in self.blobs.spans([(blob.entry, i) for i in indices], SPAN_BYTES):
+            self.counters[counter] += len(span)
+            self._fetch_ahead([(self._open_blob(blob.entry), i) for _, i in span])
 
     def _fetching(self, content_hash: str, index: int) -> bool:
         key = (content_hash, index)
         return key in self._flights or key in self._ahead
 
-    def _fetch_ahead(self, blob: BlobFile, index: int) -> bool:
-        """Fetch a block in the background unless that is under way already; False then."""
+    def _fetch_ahead(self, pieces: list[tuple[BlobFile, int]]) -> None:
+        """Fetch blocks in the background with one GET (`pieces` make a span). Each piece comes
+        with a user of its blob (from `_open_blob`), released when the load ends."""
         assert self.background is not None
-        key = (blob.entry.hash, index)
-        if self._fetching(*key):
-            return False
-        self._ahead.add(key)
-        self._open_blob(blob.entry)  # one more user: the blob stays open until the load ends
-        self.background.start_soon(self._load_ahead, blob, index)
-        return True
+        self._ahead.update((b.entry.hash, i) for b, i in pieces)
+        self.background.start_soon(self._load_ahead, pieces)
 
-    async def _load_ahead(self, blob: BlobFile, index: int) -> None:
-        key = (blob.entry.hash, index)
+    async def _load_ahead(self, pieces: list[tuple[BlobFile, int]]) -> None:
         try:
-            await self._fetch(blob, index, background=True)
-        except Exception as e:  # the reader gets the error if it reaches this block
-            log.debug("read-ahead of block %d of blob %s: %s", index, blob.entry.hash, e)
+            # A reader may have fetched some of them meanwhile, or be fetching them: left out.
+            todo = [(b, i) for b, i in pieces if (b.entry.hash, i) not in self._flights and not b.verified[i]]
+            blob_of = {(b.entry.hash, i): b for b, i in todo}
+            for span in self.blobs.spans([(b.entry, i) for b, i in todo], SPAN_BYTES):
+                keys = [(e.hash, i) for e, i in span if (e.hash, i) not in self._flights]  # again
+                if not keys or time.monotonic() < self._down_until:
+                    continue
+                part = [(blob_of[k], k[1]) for k in keys]
+                self.counters["gets_ahead"] += 1
+                flights = await self._fly(keys, functools.partial(self._fetch_span, part), background=True)
+                for k, f in flights.items():  # the reader gets the error if it reaches this block
+                    if f.error is not None:
+                        log.debug("fetching block %d of blob %s ahead: %s", k[1], k[0], f.error)
+                        if isinstance(f.error, StoreUnavailableError):
+                            self._down_until = time.monotonic() + FAIL_FAST
         finally:
-            self._ahead.discard(key)
-            self._close_blob(blob.entry.hash)
+            for b, i in pieces:
+                self._ahead.discard((b.entry.hash, i))
+                self._close_blob(b.entry.hash)
+
+    def _fetch_span(self, pieces: list[tuple[BlobFile, int]]) -> dict[tuple[str, int], Any]:
+        """In a worker thread: one GET for the span, each block verified and kept by its blob.
+        A block that failed its check is fetched on its own, which reports the error."""
+        got = self.blobs.read_span([(b.entry, i) for b, i in pieces])
+        out: dict[tuple[str, int], Any] = {}
+        for blob, i in pieces:
+            key = (blob.entry.hash, i)
+            try:
+                data = got.get(key)
+                out[key] = blob.fetch(i) if data is None else blob.accept(i, data)
+            except Exception as e:
+                out[key] = e
+        return out
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)

@@ -321,7 +321,7 @@ def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     store = artfs.Store()
     assert store.names() == []  # created on first use
     config = json.loads((tmp_path / "xdg/artfs/store/config").read_text())
-    assert config == {"format": 1, "hash": "xxh3-128", "block_size": 4 << 20}
+    assert config == {"format": 1, "hash": "xxh3-128", "block_size": 1 << 20}
 
 
 def test_disk_full_loses_nothing(small_disk: Path, tmp_path: Path) -> None:

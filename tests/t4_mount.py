@@ -29,6 +29,7 @@ from artfs import cache as cache_module
 from artfs import keys
 from artfs.cache import BlockCache
 from artfs.daemon import is_artfs_mount
+from artfs.digest import DEFAULT_BLOCK_SIZE as BLOCK
 from artfs.digest import hash_file
 from artfs.manifest import Entry
 from artfs.storage import open_backend
@@ -341,11 +342,11 @@ def test_reads_fetch_only_the_blocks_they_touch(
     with open(m.path / "big:v0" / "big.bin", "rb", buffering=0) as f:
         f.seek(100 * MiB + 123)
         assert f.read(MiB) == big[100 * MiB + 123 : 101 * MiB + 123]
-    s = m.stats()
-    assert 1 <= s["blocks_fetched"] <= 2
+    s = m.stats()  # the blocks it touches, and what the kernel read ahead (1 or 2 MiB more)
+    assert 2 <= s["blocks_fetched"] and s["bytes_fetched"] <= 4 * MiB
     cached = sum(p.stat().st_blocks * 512 for p in m.cache.rglob("*") if p.is_file())
-    assert cached <= 2 * 4 * MiB + 64 * 1024
-    assert m.stats().get("blocks_read_ahead", 0) == 0  # one read is a probe, not a stream
+    assert cached <= 4 * MiB + 64 * 1024
+    assert m.stats().get("blocks_read_ahead", 0) <= 1  # a probe (and the kernel's), not a stream
 
     small = m.path / "big:v0" / "small.txt"
     assert small.read_text() == "x"
@@ -355,21 +356,24 @@ def test_reads_fetch_only_the_blocks_they_touch(
 
     assert (m.path / "big:v0" / "big.bin").read_bytes() == big  # a stream: blocks load ahead
     s = m.stats()
-    assert s["blocks_read_ahead"] > 10 and s["blocks_fetched"] == 50 + 1  # each block once, + small.txt
+    assert (
+        s["blocks_read_ahead"] > 10 and s["blocks_fetched"] == len(big) // BLOCK + 1
+    )  # each once, + small.txt
+    assert s["gets_ahead"] < s["blocks_read_ahead"] // 4  # neighbours come in spans, a GET each
 
 
 def test_a_random_reader_gets_the_whole_blob_fetched_once_in_parallel(
     tmp_path: Path, backend_url: str, mount: MountFactory
 ) -> None:
-    data = patterned(40)  # 10 blocks
+    data = patterned(10 * BLOCK // MiB)  # 10 blocks
     push(backend_url, "db", make_tree(tmp_path / "src", {"table.db": data}))
     m = mount(backend_url, "--no-in-place")
     with open(m.path / "db:v0" / "table.db", "rb", buffering=0) as f:
         for block in (7, 2, 9, 4):  # scattered: a probe, a probe, … then the reader is random
-            assert os.pread(f.fileno(), 4096, block * 4 * MiB + 99) == data[block * 4 * MiB + 99 :][:4096]
+            assert os.pread(f.fileno(), 4096, block * BLOCK + 99) == data[block * BLOCK + 99 :][:4096]
         wait_until(lambda: m.stats()["blocks_fetched"] == 10)
         for block in (0, 1, 3, 5, 6, 8):
-            assert os.pread(f.fileno(), 4096, block * 4 * MiB) == data[block * 4 * MiB :][:4096]
+            assert os.pread(f.fileno(), 4096, block * BLOCK) == data[block * BLOCK :][:4096]
     s = m.stats()
     assert s["bytes_fetched"] == len(data) and s["blocks_fetched_whole"] == 6
 
@@ -538,19 +542,19 @@ def test_sigkill_leaves_a_cache_the_next_mount_reuses(
     push(backend_url, "ds", make_tree(tmp_path / "src", {"big.bin": data}))
     m = mount(backend_url, "--no-in-place")
     assert (m.path / "ds:v0" / "big.bin").read_bytes() == data
-    assert m.stats()["blocks_fetched"] == 3
+    assert m.stats()["blocks_fetched"] == len(data) // BLOCK
     m.kill()
 
     again = mount(backend_url, "--no-in-place", path=m.path)  # clears the dead mount itself
     assert "clearing a dead artfs mount" in again.log_text()
     assert (again.path / "ds:v0" / "big.bin").read_bytes() == data
     s = again.stats()
-    assert s.get("blocks_fetched", 0) == 0 and s["cache_blocks_reverified"] == 3
+    assert s.get("blocks_fetched", 0) == 0 and s["cache_blocks_reverified"] == len(data) // BLOCK
     again.kill()
 
     # a block torn by a crash is caught by its hash, dropped and fetched again
     blob = artfs.Store(backend_url).artifact("ds:v0").get_path("big.bin").hash
-    corrupt(next(m.cache.rglob(blob)), 4 * MiB + 10)
+    corrupt(next(m.cache.rglob(blob)), BLOCK + 10)
     third = mount(backend_url, "--no-in-place", path=m.path)
     assert (third.path / "ds:v0" / "big.bin").read_bytes() == data
     s = third.stats()
