@@ -249,6 +249,7 @@ class CachedBlob(_FileBlob):
         if not self.present[index]:
             return None
         start, length, _ = self.entry.block(index, self.block_size)
+        os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_WILLNEED)  # one read, not a fault a page
         data = self._serve(start, length)
         try:
             check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")

@@ -525,7 +525,8 @@ class Filesystem:
         for i in blob.blocks_of(offset, size):
             if blob.verified[i]:
                 continue
-            data = blob.load_local(i)
+            # being fetched or verified ahead: wait for that; else it may be on disk
+            data = None if (blob.entry.hash, i) in self._flights else blob.load_local(i)
             if data is None:
                 if handle.ahead is not None and handle.ahead.random_miss():
                     self._fetch_whole(blob, but=i)
@@ -546,10 +547,44 @@ class Filesystem:
         assert self.background is not None and handle.ahead is not None
         bs = blob.block_size
         last = (min(offset + size, blob.entry.size) - 1) // bs
-        todo = self._missing(blob, handle.ahead.advise(offset // bs, last, len(blob.verified)))
+        window = handle.ahead.advise(offset // bs, last, len(blob.verified))
+        todo = self._missing(blob, window)
         span = SPAN_BYTES // bs
         if todo and (len(todo) >= span or todo[0] - last <= span or todo[-1] == len(blob.verified) - 1):
             self._fetch_blocks(blob, todo, "blocks_read_ahead")
+        h = blob.entry.hash
+        on_disk = [i for i in window if not blob.verified[i] and blob.local(i) and (h, i) not in self._ahead]
+        for k in range(0, len(on_disk), span):
+            self._verify_ahead(blob, on_disk[k : k + span])
+
+    def _verify_ahead(self, blob: BlobFile, indices: list[int]) -> None:
+        """Read and verify blocks that are on local disk in a worker thread, ahead of a reader:
+        it then finds them in the page cache instead of waiting for the disk on the loop."""
+        assert self.background is not None
+        self._ahead.update((blob.entry.hash, i) for i in indices)
+        self._open_blob(blob.entry)
+        self.background.start_soon(self._load_verified, blob, indices)
+
+    async def _load_verified(self, blob: BlobFile, indices: list[int]) -> None:
+        h = blob.entry.hash
+        todo = [i for i in indices if (h, i) not in self._flights]
+
+        def verify() -> dict[tuple[str, int], Any]:
+            out: dict[tuple[str, int], Any] = {}
+            for i in todo:  # a block that fails its check is dropped, and fetched again here
+                try:
+                    data = blob.load_local(i)
+                    out[h, i] = data if data is not None else blob.fetch(i)
+                except Exception as e:
+                    out[h, i] = e
+            return out
+
+        try:
+            await self._fly([(h, i) for i in todo], verify, background=True)
+            self.counters["blocks_verified_ahead"] += len(todo)
+        finally:
+            self._ahead.difference_update((h, i) for i in indices)
+            self._close_blob(h)
 
     def _fetch_whole(self, blob: BlobFile, but: int) -> None:
         """A random reader: fetch every other block of the blob it lacks, in parallel, if the

@@ -381,7 +381,7 @@ def test_a_random_reader_gets_the_whole_blob_fetched_once_in_parallel(
 def test_many_readers_of_a_cold_block_cause_one_fetch(
     tmp_path: Path, backend_url: str, mount: MountFactory
 ) -> None:
-    data = patterned(4)
+    data = patterned(BLOCK // MiB)  # one block: the kernel's read-ahead finds nothing more
     push(backend_url, "one", make_tree(tmp_path / "src", {"f.bin": data}))
     m = mount(backend_url, "--no-in-place")
     path = m.path / "one:v0" / "f.bin"
@@ -550,6 +550,7 @@ def test_sigkill_leaves_a_cache_the_next_mount_reuses(
     assert (again.path / "ds:v0" / "big.bin").read_bytes() == data
     s = again.stats()
     assert s.get("blocks_fetched", 0) == 0 and s["cache_blocks_reverified"] == len(data) // BLOCK
+    assert s["blocks_verified_ahead"] > 0  # the stream's next blocks were read from disk ahead of it
     again.kill()
 
     # a block torn by a crash is caught by its hash, dropped and fetched again
