@@ -5,8 +5,9 @@ rclone and s3fs; this script installs them if missing).
     .venv/bin/python bench/s3.py [--big-mib 1024] [--small 2500] [--listing 10000]
 
 Each tool reads its own copy of the data (uploaded once, never read before), so none finds the
-server warmed by another. The peers' copy is one object per file; artfs's is what `artfs push`
-makes of the same files (small ones in packs, see the README), which is part of what is measured. Every mount is fresh, with an empty cache, for each group of lines.
+server warmed by another. The peers' copy is one object per file; artfs's is what
+`artfs push` makes of the same files (small ones in packs, see the README): that is part of
+what is measured. Every mount is fresh, with an empty cache, for each group of lines.
   cold sequential      read a 1 GiB object            boto3: 16 threads of 8 MiB ranged GETs
   warm sequential      read it again at once          boto3: download again (it keeps nothing)
    … page cache dropped  again, after drop_caches: each tool's own cache, not the kernel's

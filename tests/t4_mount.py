@@ -343,7 +343,7 @@ def test_reads_fetch_only_the_blocks_they_touch(
         f.seek(100 * MiB + 123)
         assert f.read(MiB) == big[100 * MiB + 123 : 101 * MiB + 123]
     s = m.stats()  # the blocks it touches, and what the kernel read ahead (1 or 2 MiB more)
-    assert 2 <= s["blocks_fetched"] and s["bytes_fetched"] <= 4 * MiB
+    assert s["blocks_fetched"] >= 2 and s["bytes_fetched"] <= 4 * MiB
     cached = sum(p.stat().st_blocks * 512 for p in m.cache.rglob("*") if p.is_file())
     assert cached <= 4 * MiB + 64 * 1024
     assert m.stats().get("blocks_read_ahead", 0) <= 1  # a probe (and the kernel's), not a stream
