@@ -29,6 +29,7 @@ from .storage import Backend
 log = logging.getLogger(__name__)
 
 Piece = tuple[Entry, int]  # block `index` of a file's content
+SPAN_BYTES = 8 * 1024 * 1024  # at most this much in one GET: a blob's blocks, or a pack's files
 SPAN_GAP = 256 * 1024  # bytes a GET may fetch for nothing to save a request (see `spans`)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .blobs import BlobStore
+from .blobs import SPAN_BYTES, BlobStore
 from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
 from .catalog import Catalog, VersionRecord
 from .errors import InvalidInputError, NotFoundError, StoreError, StoreUnavailableError
@@ -51,7 +51,6 @@ ROOT_TIMEOUT = 1.0
 TREE_TIMEOUT = 24 * 3600.0
 FAIL_FAST = 10.0  # seconds after a fetch found the store unreachable
 SIBLINGS = 64  # small files fetched along with one that is opened (refilled when half are read)
-SPAN_BYTES = 8 * 1024 * 1024  # at most this much in one GET: a blob's blocks, or a pack's files
 ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
 META_DIR = ".artfs"
 INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`

@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blobs import BlobStore
+from .blobs import SPAN_BYTES, BlobStore
 from .digest import DEFAULT_BLOCK_SIZE, hash_file
 from .errors import InvalidPathError, SourceNotFoundError
 from .manifest import Difference, Entry, Manifest, normal_mode
@@ -152,11 +152,22 @@ def _remove(local: Path) -> None:
         local.unlink()
 
 
-def _write_file(blobs: BlobStore, entry: Entry, local: Path, bar: Bar) -> None:
+def _write_span(blobs: BlobStore, span: list[tuple[Entry, int]], root: Path, bar: Bar) -> None:
+    """Files side by side in a pack, fetched with one GET and written one by one (a content
+    that failed its check is fetched on its own, which reports it)."""
+    got = blobs.read_span(span)
+    for e, _ in span:
+        data = got.get((e.hash, 0))
+        _write_file(blobs, e, root / e.path, bar, [data] if data is not None else None)
+
+
+def _write_file(
+    blobs: BlobStore, entry: Entry, local: Path, bar: Bar, blocks: Iterable[bytes] | None = None
+) -> None:
     tmp = local.parent / f".{local.name}.artfs-tmp"
     try:
         with open(tmp, "wb") as f:
-            for block in blobs.iter_blocks(entry):
+            for block in blocks if blocks is not None else blobs.iter_blocks(entry):
                 f.write(block)
                 bar.update(len(block))
         os.chmod(tmp, entry.mode)
@@ -181,11 +192,16 @@ def materialize(blobs: BlobStore, manifest: Manifest, root: Path, progress: Prog
             _remove(local)
             os.symlink(e.target, local)
     files = [e for e in todo if e.is_file]
+    spans = blobs.spans(((e, 0) for e in files if e.pack), SPAN_BYTES)  # packed: one block each
     with (
         progress(total=sum(e.size for e in files), desc="downloading") as bar,
         ThreadPoolExecutor(WORKERS) as pool,
     ):
-        for _ in pool.map(lambda e: _write_file(blobs, e, root / e.path, bar), files):
+        for _ in pool.map(
+            lambda e: _write_file(blobs, e, root / e.path, bar), [e for e in files if not e.pack]
+        ):
+            pass
+        for _ in pool.map(lambda span: _write_span(blobs, span, root, bar), spans):
             pass
     return len(todo)
 
