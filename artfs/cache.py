@@ -48,7 +48,7 @@ from pathlib import Path
 
 import xxhash
 
-from .blobs import check_block
+from .blobs import SPAN_BYTES, BlobStore, check_block
 from .errors import CorruptDataError, InvalidInputError
 from .manifest import Entry
 from .progress import ProgressFactory, silent
@@ -572,30 +572,40 @@ class BlockCache:
         store_url: str,
         label: str,
         entries: Iterable[Entry],
-        fetch: Callable[[Entry, int], bytes],
+        blobs: BlobStore,
         progress: ProgressFactory = silent,
     ) -> int:
-        """Record a pin, then fetch every block the version lacks. Returns bytes fetched."""
+        """Record a pin, then fetch every block the version lacks, neighbours in one GET per
+        span (a big file's blocks, a pack's small files). Returns bytes fetched."""
         files = {e.hash: e for e in entries if e.is_file and e.size}
         self.pins_dir.mkdir(parents=True, exist_ok=True)
         record = {"store": store_url, "version": label, "blobs": sorted(files)}
         _write_atomic(self._pin_path(store_url, label), json.dumps(record, indent=1).encode())
         before = self.stats["bytes_fetched"]
         total = sum(e.size for e in files.values())
+        pieces = [(e, i) for e in files.values() for i in range(e.block_count(self.block_size))]
         with progress(total=total, desc=f"pin {label}") as bar:
 
-            def fill(entry: Entry) -> None:
-                blob = self.open(entry, lambda i: fetch(entry, i), pinned=True)
+            def fill(span: list[tuple[Entry, int]]) -> None:
+                opened = {
+                    e.hash: self.open(e, functools.partial(blobs.read_block, e), pinned=True) for e, _ in span
+                }
                 try:
-                    for i in range(len(blob.verified)):
-                        if blob.load_local(i) is None:
-                            blob.fetch(i)
-                        bar.update(entry.block(i, self.block_size)[1])
+                    missing = [(e, i) for e, i in span if opened[e.hash].load_local(i) is None]
+                    got = blobs.read_span(missing) if missing else {}
+                    for e, i in missing:  # one that failed its check is fetched alone, to report it
+                        data = got.get((e.hash, i))
+                        if data is None:
+                            opened[e.hash].fetch(i)
+                        else:
+                            opened[e.hash].accept(i, data)
+                    bar.update(sum(e.block(i, self.block_size)[1] for e, i in span))
                 finally:
-                    blob.close()
+                    for blob in opened.values():
+                        blob.close()
 
             with ThreadPoolExecutor(8) as pool:
-                for _ in pool.map(fill, files.values()):
+                for _ in pool.map(fill, blobs.spans(pieces, SPAN_BYTES)):
                     pass
         return self.stats["bytes_fetched"] - before
 

@@ -618,7 +618,7 @@ def cache_pin(ctx: click.Context, ref: str, cache_dir: Path, in_place: bool) -> 
         click.echo(f"{store.url} is read in place: {v.qualified_name} is always available here")
         return
     c = open_cache(ctx, cache_dir)
-    fetched = c.pin(store.url, v.qualified_name, v.manifest, blobs.read_block, progress_bar)
+    fetched = c.pin(store.url, v.qualified_name, v.manifest, blobs, progress_bar)
     click.echo(f"pinned {v.qualified_name} (fetched {human_size(fetched)})")
 
 

@@ -10,6 +10,7 @@ import pytest
 
 import artfs
 from artfs import keys
+from artfs.cache import BlockCache
 from artfs.digest import hash_file
 from artfs.errors import (
     ArtifactExistsError,
@@ -377,6 +378,10 @@ def test_small_files_go_up_in_packs_on_a_remote_store(
         assert not entries["big.bin"].pack and len({entries[p].offset for p in files if p != "big.bin"}) == 50
         assert all(v0.open(p).read() == (c if isinstance(c, bytes) else c.encode()) for p, c in files.items())
         assert v0.verify(Path(v0.download(tmp_path / "out"))) == []
+        cache = BlockCache(tmp_path / "cache", store.blobs.block_size)  # pinned for offline use
+        assert cache.pin(store.url, "ds:v0", v0.manifest, store.blobs) == sum(len(c) for c in files.values())
+        again = BlockCache(tmp_path / "cache", store.blobs.block_size)
+        assert all(again.open(e, lambda i: b"").load_local(0) is not None for e in v0.manifest.files())
 
         assert push_dir(store, "ds", src).version == "v0"  # unchanged: nothing new
         (src / "d" / "new.txt").write_text("new")
