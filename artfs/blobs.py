@@ -128,15 +128,15 @@ class BlobStore:
                 out[e.hash, i] = data
         return out
 
-    def spans(self, pieces: Iterable[Piece], max_bytes: int) -> list[list[Piece]]:
-        """Group blocks into spans that one GET of at most `max_bytes` fetches: blocks of one
+    def spans(self, pieces: Iterable[Piece]) -> list[list[Piece]]:
+        """Group blocks into spans that one GET of at most SPAN_BYTES fetches: blocks of one
         object, in order, with at most SPAN_GAP bytes between two (small files of a pack that
         are cached already, say: cheaper to fetch again than to ask for separately)."""
         out: list[list[Piece]] = []
         key, first, end = "", 0, 0  # of the current span: object, first offset, end of the last
         for piece in pieces:
             k, start, length = self.location(*piece)
-            joins = k == key and end <= start <= end + SPAN_GAP and start + length - first <= max_bytes
+            joins = k == key and end <= start <= end + SPAN_GAP and start + length - first <= SPAN_BYTES
             if out and joins:
                 out[-1].append(piece)
             else:

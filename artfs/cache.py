@@ -48,7 +48,7 @@ from pathlib import Path
 
 import xxhash
 
-from .blobs import SPAN_BYTES, BlobStore, check_block
+from .blobs import BlobStore, check_block
 from .errors import CorruptDataError, InvalidInputError
 from .manifest import Entry
 from .progress import ProgressFactory, silent
@@ -233,7 +233,11 @@ class CachedBlob(_FileBlob):
             start = i * self.block_size
             stop = min(end, start + self.block_size)
             data = self._cache.recall(self.entry.hash, i)
-            part = memoryview(data)[pos - start : stop - start] if data else super()._serve(pos, stop - pos)
+            part = (
+                super()._serve(pos, stop - pos)
+                if data is None
+                else memoryview(data)[pos - start : stop - start]
+            )
             parts.append(part)
             pos = stop
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -605,7 +609,7 @@ class BlockCache:
                         blob.close()
 
             with ThreadPoolExecutor(8) as pool:
-                for _ in pool.map(fill, blobs.spans(pieces, SPAN_BYTES)):
+                for _ in pool.map(fill, blobs.spans(pieces)):
                     pass
         return self.stats["bytes_fetched"] - before
 

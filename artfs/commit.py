@@ -102,7 +102,7 @@ def _packs(entries: list[Entry]) -> list[list[Entry]]:
     """Consecutive groups of about PACK_BYTES (a pack ends after the file that reaches it)."""
     out: list[list[Entry]] = [[]]
     size = 0
-    for e in sorted(entries, key=lambda e: e.path):
+    for e in entries:  # in path order, as the manifest lists them
         if size >= PACK_BYTES:
             out.append([])
             size = 0

@@ -485,7 +485,7 @@ class Filesystem:
                     todo.append(e)
                 self._close_blob(e.hash)
         opened = tree.entries[node]
-        for span in self.blobs.spans(((e, 0) for e in todo), SPAN_BYTES):
+        for span in self.blobs.spans((e, 0) for e in todo):
             self.counters["pack_runs_fetched"] += len(span) > 1
             self.counters["files_fetched_ahead"] += sum(e is not opened for e, _ in span)
             self._fetch_ahead([(self._open_blob(e), 0) for e, _ in span])
@@ -599,7 +599,7 @@ class Filesystem:
 
     def _fetch_blocks(self, blob: BlobFile, indices: list[int], counter: str) -> None:
         """Fetch these blocks in the background, a span of neighbours per GET."""
-        for span in self.blobs.spans([(blob.entry, i) for i in indices], SPAN_BYTES):
+        for span in self.blobs.spans([(blob.entry, i) for i in indices]):
             self.counters[counter] += len(span)
             self._fetch_ahead([(self._open_blob(blob.entry), i) for _, i in span])
 
@@ -619,7 +619,7 @@ class Filesystem:
             # A reader may have fetched some of them meanwhile, or be fetching them: left out.
             todo = [(b, i) for b, i in pieces if (b.entry.hash, i) not in self._flights and not b.verified[i]]
             blob_of = {(b.entry.hash, i): b for b, i in todo}
-            for span in self.blobs.spans([(b.entry, i) for b, i in todo], SPAN_BYTES):
+            for span in self.blobs.spans([(b.entry, i) for b, i in todo]):
                 keys = [(e.hash, i) for e, i in span if (e.hash, i) not in self._flights]  # again
                 if not keys or time.monotonic() < self._down_until:
                     continue

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blobs import SPAN_BYTES, BlobStore
+from .blobs import BlobStore
 from .digest import DEFAULT_BLOCK_SIZE, hash_file
 from .errors import InvalidPathError, SourceNotFoundError
 from .manifest import Difference, Entry, Manifest, normal_mode
@@ -192,7 +192,7 @@ def materialize(blobs: BlobStore, manifest: Manifest, root: Path, progress: Prog
             _remove(local)
             os.symlink(e.target, local)
     files = [e for e in todo if e.is_file]
-    spans = blobs.spans(((e, 0) for e in files if e.pack), SPAN_BYTES)  # packed: one block each
+    spans = blobs.spans((e, 0) for e in files if e.pack)  # packed files are one block each
     with (
         progress(total=sum(e.size for e in files), desc="downloading") as bar,
         ThreadPoolExecutor(WORKERS) as pool,
