@@ -121,12 +121,29 @@ class BlobFile(ABC):
         the network. CorruptDataError if the bytes are wrong and there is nowhere else to look."""
 
     def fetch(self, index: int) -> Buffer:
-        """Verified bytes of a block from the store (blocking). CorruptDataError if bad."""
+        """Verified bytes of a block from the store (blocking), kept. CorruptDataError if bad."""
         return self.accept(index, self._fetch(index))
 
-    @abstractmethod
     def accept(self, index: int, data: bytes) -> Buffer:
-        """Take block `index`, fetched and verified by the caller: keep it, serve it from now on."""
+        """Take block `index`, fetched and verified by the caller: serve it from now on, keep it."""
+        self.take(index, data)
+        self.keep(index, data)
+        return data
+
+    def fetch_to_memory(self, index: int) -> bytes:
+        """`fetch` without `keep`: the block is served from memory until the caller keeps it (a
+        reader waiting for its block need not wait for the disk too)."""
+        data = self._fetch(index)
+        self.take(index, data)
+        return data
+
+    @abstractmethod
+    def take(self, index: int, data: bytes) -> None:
+        """Serve block `index`, fetched and verified, from memory."""
+
+    @abstractmethod
+    def keep(self, index: int, data: bytes) -> None:
+        """Write block `index`, taken before, to the cache (blocking), if the budget has room."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -197,8 +214,10 @@ class InPlaceBlob(_FileBlob):
     def fetch(self, index: int) -> Buffer:
         return self.load_local(index)  # the store is this disk
 
-    def accept(self, index: int, data: bytes) -> Buffer:
+    def take(self, index: int, data: bytes) -> None:
         raise AssertionError("a blob read in place is never fetched")
+
+    keep = take
 
 
 class CachedBlob(_FileBlob):
@@ -248,7 +267,8 @@ class CachedBlob(_FileBlob):
     def load_local(self, index: int) -> Buffer | None:
         remembered = self._cache.recall(self.entry.hash, index)
         if remembered is not None:  # verified when it was remembered
-            self.verified[index] = 1
+            if self.present[index]:  # else it may not stay in memory, and is not on disk (yet)
+                self.verified[index] = 1
             return remembered
         if not self.present[index]:
             return None
@@ -268,19 +288,18 @@ class CachedBlob(_FileBlob):
         self._cache.count("cache_blocks_reverified")
         return data
 
-    def accept(self, index: int, data: bytes) -> Buffer:
-        start = index * self.block_size
+    def take(self, index: int, data: bytes) -> None:
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
+        self._cache.remember(self.entry.hash, index, data)
 
+    def keep(self, index: int, data: bytes) -> None:
         def write() -> None:
-            self._write(data, start)
+            self._write(data, index * self.block_size)
             os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
 
         if self._cache.keep(self.entry.hash, len(data), self._pinned, write):
             self.present[index] = 1
-            self.verified[index] = 1
-        self._cache.remember(self.entry.hash, index, data)
-        return data
+            self.verified[index] = 1  # served from the file once out of memory
 
     def _write(self, data: bytes, start: int) -> None:
         """Write a block around the page cache where the filesystem allows (O_DIRECT): the
@@ -354,18 +373,18 @@ class SmallBlob(BlobFile):
         self._cache.count("cache_blocks_reverified")
         return data
 
-    def accept(self, index: int, data: bytes) -> Buffer:
+    def take(self, index: int, data: bytes) -> None:
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._data = data
         self.verified[0] = 1
         self._cache.remember(self.entry.hash, 0, data)
 
+    def keep(self, index: int, data: bytes) -> None:
         def write() -> None:
             self._path.parent.mkdir(exist_ok=True)
             _write_atomic(self._path, data, durable=False)  # a torn file fails its hash
 
         self._cache.keep(self.entry.hash, len(data), self._pinned, write)
-        return data
 
     def close(self) -> None:
         self._data = None

@@ -536,8 +536,29 @@ class Filesystem:
         return blob.read(offset, size, loaded)
 
     async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
-        data: Buffer = await self._ask((blob.entry.hash, index), functools.partial(blob.fetch, index))
-        return data
+        """A block from the store. The reader gets it before it is written to the cache, which
+        happens in the background (meanwhile the block is served from memory)."""
+        key = (blob.entry.hash, index)
+        if self.background is None:
+            data: Buffer = await self._ask(key, functools.partial(blob.fetch, index))
+            return data
+        starts = key not in self._flights  # else it joins the flight of a reader or of read-ahead
+        fetched: bytes = await self._ask(key, functools.partial(blob.fetch_to_memory, index))
+        if starts:
+            self._ahead.add(key)  # on its way to disk: not to be fetched again
+            self._open_blob(blob.entry)
+            self.background.start_soon(self._keep, blob, index, fetched)
+        return fetched
+
+    async def _keep(self, blob: BlobFile, index: int, data: bytes) -> None:
+        try:
+            with trio.CancelScope(shield=True):  # unmounting waits for blocks on their way to disk
+                await self.threads.run(blob.keep, index, data, background=True)
+        except Exception as e:  # the block stays served from memory, or is fetched again
+            log.warning("cannot write block %d of blob %s to the cache: %s", index, blob.entry.hash, e)
+        finally:
+            self._ahead.discard((blob.entry.hash, index))
+            self._close_blob(blob.entry.hash)
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
         """Fetch the blocks the read-ahead window holds and nobody fetches yet, once they make a

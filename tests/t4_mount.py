@@ -475,6 +475,25 @@ def test_fetched_blocks_are_served_from_memory_then_from_the_cache_file(
     again.close()
 
 
+def test_a_block_the_cache_has_no_room_for_is_fetched_again_once_out_of_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = 64 * 1024
+    monkeypatch.setattr(cache_module, "RECENT_BYTES", block)  # memory holds the last one
+    data = os.urandom(2 * block)
+    (tmp_path / "f").write_bytes(data)
+    d = hash_file(tmp_path / "f", block)
+    entry = Entry("f", size=len(data), hash=d.hash, blocks=d.blocks)
+    cache = BlockCache(tmp_path / "cache", block, budget=0)  # served, never kept
+    blob = cache.open(entry, lambda i: data[i * block : (i + 1) * block])
+    assert blob.fetch(0) == data[:block]
+    assert blob.load_local(0) == data[:block]  # from memory
+    blob.fetch(1)  # pushes block 0 out of memory: it must not be served from the file's hole
+    assert blob.load_local(0) is None and not blob.verified[0]
+    assert cache.counters()["blocks_not_cached"] == 2
+    blob.close()
+
+
 def test_cache_cli_info_pin_prune_unpin(tmp_path: Path, store_url: str) -> None:
     files = {"a.bin": patterned(5, 1), "b.bin": patterned(1, 2)}
     push(store_url, "ds", make_tree(tmp_path / "src", files))

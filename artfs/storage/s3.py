@@ -7,13 +7,14 @@ the value that was read. boto3's retries are off: every request goes through `re
 one policy for all stores. A conditional write whose answer was lost and that is retried may
 find its own write in place: it is recognised by its bytes and counts as done.
 
-Ranged reads of blobs, the mount's hot path, skip botocore's request pipeline: it costs ≈1.5 ms
-of CPU per GET (event hooks, the user agent, parsing the response's headers into a model),
-which made a mount of small files CPU-bound in the daemon rather than in the store. The blob's
-URL is presigned once per few minutes (the signature covers the host, not the Range header)
-and sent through botocore's own HTTP session (same CA bundle, proxies and timeouts as the
-client), at ≈0.45 ms per GET. Its errors are turned into the `ClientError` botocore would have
-raised, so `_errors` maps them like every other request's.
+GETs (of blobs by range, the mount's hot path, and of catalog objects, which also keeps the
+connection warm for a mount's first read) skip botocore's request pipeline: it costs ≈1.5 ms of
+CPU per GET (event hooks, the user agent, parsing the response's headers into a model), which
+made a mount of small files CPU-bound in the daemon rather than in the store. An object's URL is
+presigned once per few minutes (the signature covers the host, not the Range header) and sent
+through botocore's own HTTP session (same CA bundle, proxies and timeouts as the client), at
+≈0.45 ms per GET. Its errors are turned into the `ClientError` botocore would have raised, so
+`_errors` maps them like every other request's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import functools
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
@@ -100,27 +101,31 @@ class S3Backend(RemoteBackend):
     # -- reading -----------------------------------------------------------------------------
     def get(self, key: str) -> Payload:
         def fn() -> Payload:
-            r = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return Payload(r["Body"].read(), r["ETag"])
+            _, headers, data = self._send(self._key(key), {})
+            return Payload(data, headers.get("ETag", ""))
 
         return self._call("GET", key, fn)
 
     def _read_range(self, name: str, first: int, last: int) -> bytes:
+        status, _, data = self._send(name, {"Range": f"bytes={first}-{last}"})
+        if status == 416:
+            return b""  # starts at or past the end
+        return data if status == 206 else data[first : last + 1]  # a server may ignore Range
+
+    def _send(self, name: str, headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """GET an object by its presigned URL: status, headers and body (416 is the caller's)."""
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import IncompleteReadError
 
         url = self._presigned(name, int(time.monotonic() // URL_REUSE))
-        request = AWSRequest("GET", url, headers={"Range": f"bytes={first}-{last}"}, stream_output=True)
-        r = self._http.send(request.prepare())
+        r = self._http.send(AWSRequest("GET", url, headers=headers, stream_output=True).prepare())
         data: bytes = r.raw.read()  # in one piece (`r.content` joins 64 KiB chunks: 25% slower)
-        if r.status_code == 416:
-            return b""  # starts at or past the end
-        if r.status_code not in (200, 206):
+        if r.status_code not in (200, 206, 416):
             raise _client_error(r.status_code, data, "GetObject")
         expected = int(r.headers.get("Content-Length", len(data)))
         if len(data) != expected:  # the connection broke mid-body: worth another try
             raise IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
-        return data if r.status_code == 206 else data[first : last + 1]  # a server may ignore Range
+        return r.status_code, r.headers, data
 
     def _presign(self, name: str, epoch: int) -> str:
         """A GET URL for `name` (cached per `epoch`, a URL_REUSE-long slice of time)."""
