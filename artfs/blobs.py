@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 Piece = tuple[Entry, int]  # block `index` of a file's content
 SPAN_BYTES = 8 * 1024 * 1024  # at most this much in one GET: a blob's blocks, or a pack's files
 SPAN_GAP = 256 * 1024  # bytes a GET may fetch for nothing to save a request (see `spans`)
+VIEW_MIN = 64 * 1024  # pieces of a span this big are served as views of it (see `read_span`)
 
 
 class _VerifyingReader(io.RawIOBase):
@@ -113,19 +114,21 @@ class BlobStore:
             return keys.pack(entry.pack), entry.offset + start, length
         return keys.blob(entry.hash), start, length
 
-    def read_span(self, pieces: list[Piece]) -> dict[tuple[str, int], bytes]:
+    def read_span(self, pieces: list[Piece]) -> dict[tuple[str, int], bytes | memoryview]:
         """Blocks that lie in one object, in order (see `spans`), with one ranged GET. Only
         verified ones are returned, by (content hash, index): a caller fetches any other on its
         own, which reports what is wrong with it."""
         where = [self.location(e, i) for e, i in pieces]
         key, first, _ = where[0]
         _, last, length = where[-1]
-        span = self._get(key, first, last + length - first, pieces[0][0])
-        out = {}
+        span = memoryview(self._get(key, first, last + length - first, pieces[0][0]))
+        out: dict[tuple[str, int], bytes | memoryview] = {}
         for (e, i), (_, start, length) in zip(pieces, where, strict=True):
             data = span[start - first : start - first + length]
             if len(data) == length and hash_bytes(data) == e.block(i, self.block_size)[2]:
-                out[e.hash, i] = data
+                # blocks are views of the span (no copy); small files are copied, so that one
+                # kept in memory does not keep a whole pack's span alive
+                out[e.hash, i] = data if length >= VIEW_MIN else bytes(data)
         return out
 
     def spans(self, pieces: Iterable[Piece]) -> list[list[Piece]]:

@@ -124,13 +124,13 @@ class BlobFile(ABC):
         """Verified bytes of a block from the store (blocking), kept. CorruptDataError if bad."""
         return self.accept(index, self._fetch(index))
 
-    def accept(self, index: int, data: bytes) -> Buffer:
+    def accept(self, index: int, data: Buffer) -> Buffer:
         """Take block `index`, fetched and verified by the caller: serve it from now on, keep it."""
         self.take(index, data)
         self.keep(index, data)
         return data
 
-    def fetch_to_memory(self, index: int) -> bytes:
+    def fetch_to_memory(self, index: int) -> Buffer:
         """`fetch` without `keep`: the block is served from memory until the caller keeps it (a
         reader waiting for its block need not wait for the disk too)."""
         data = self._fetch(index)
@@ -138,11 +138,11 @@ class BlobFile(ABC):
         return data
 
     @abstractmethod
-    def take(self, index: int, data: bytes) -> None:
+    def take(self, index: int, data: Buffer) -> None:
         """Serve block `index`, fetched and verified, from memory."""
 
     @abstractmethod
-    def keep(self, index: int, data: bytes) -> None:
+    def keep(self, index: int, data: Buffer) -> None:
         """Write block `index`, taken before, to the cache (blocking), if the budget has room."""
 
     @abstractmethod
@@ -214,7 +214,7 @@ class InPlaceBlob(_FileBlob):
     def fetch(self, index: int) -> Buffer:
         return self.load_local(index)  # the store is this disk
 
-    def take(self, index: int, data: bytes) -> None:
+    def take(self, index: int, data: Buffer) -> None:
         raise AssertionError("a blob read in place is never fetched")
 
     keep = take
@@ -288,11 +288,11 @@ class CachedBlob(_FileBlob):
         self._cache.count("cache_blocks_reverified")
         return data
 
-    def take(self, index: int, data: bytes) -> None:
+    def take(self, index: int, data: Buffer) -> None:
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._cache.remember(self.entry.hash, index, data)
 
-    def keep(self, index: int, data: bytes) -> None:
+    def keep(self, index: int, data: Buffer) -> None:
         def write() -> None:
             self._write(data, index * self.block_size)
             os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
@@ -301,7 +301,7 @@ class CachedBlob(_FileBlob):
             self.present[index] = 1
             self.verified[index] = 1  # served from the file once out of memory
 
-    def _write(self, data: bytes, start: int) -> None:
+    def _write(self, data: Buffer, start: int) -> None:
         """Write a block around the page cache where the filesystem allows (O_DIRECT): the
         reader's pages of the FUSE file hold these bytes already, and a second copy in the
         cache file's pages would double the memory a cold read takes (and allocating fresh
@@ -373,13 +373,13 @@ class SmallBlob(BlobFile):
         self._cache.count("cache_blocks_reverified")
         return data
 
-    def take(self, index: int, data: bytes) -> None:
+    def take(self, index: int, data: Buffer) -> None:
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._data = data
         self.verified[0] = 1
         self._cache.remember(self.entry.hash, 0, data)
 
-    def keep(self, index: int, data: bytes) -> None:
+    def keep(self, index: int, data: Buffer) -> None:
         def write() -> None:
             self._path.parent.mkdir(exist_ok=True)
             _write_atomic(self._path, data, durable=False)  # a torn file fails its hash
@@ -443,14 +443,14 @@ class BlockCache:
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._usage: int | None = None
-        self._recent: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, int], Buffer] = OrderedDict()
         self._recent_bytes = 0
         self.direct = True  # write blocks with O_DIRECT (off where the filesystem refuses it)
 
     def path(self, content_hash: str) -> Path:
         return self.dir / content_hash[:2] / content_hash
 
-    def remember(self, content_hash: str, index: int, data: bytes) -> None:
+    def remember(self, content_hash: str, index: int, data: Buffer) -> None:
         """Keep a verified block in memory (the least recently used go past RECENT_BYTES)."""
         key = (content_hash, index)
         with self._lock:
@@ -460,7 +460,7 @@ class BlockCache:
             while self._recent_bytes > RECENT_BYTES:
                 self._recent_bytes -= len(self._recent.popitem(last=False)[1])
 
-    def recall(self, content_hash: str, index: int) -> bytes | None:
+    def recall(self, content_hash: str, index: int) -> Buffer | None:
         key = (content_hash, index)
         with self._lock:
             data = self._recent.get(key)
@@ -543,6 +543,7 @@ class BlockCache:
                 raise
             log.warning("cache disk is full; serving blob %s without caching it", blob_hash)
             return False
+        self.count("blocks_cached")
         return True
 
     def prune(self, target: int = 0) -> tuple[int, int]:
@@ -669,7 +670,7 @@ def _try_remove(path: Path) -> bool:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+def _write_atomic(path: Path, data: Buffer, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)

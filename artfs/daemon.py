@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 FSTYPE = "fuse.artfs"
 READ_AHEAD_KB = 1024
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
+MALLOC_MMAP_MIN = 32 * 1024 * 1024  # allocations this big are mapped on their own (glibc's upper limit)
+MALLOC_TRIM_MIN = 512 * 1024 * 1024  # free heap kept for reuse, at most
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ def serve(options: MountOptions) -> None:
         info = {**asdict(options), "cache_size": cache.budget, "mountpoint": mountpoint}
         fs = Filesystem(catalog, blobs, cache, Threads(options.threads), in_place=options.in_place, info=info)
         stack.callback(fs.close)
+        tune_memory()
         fuse_options = {"fsname=artfs", "subtype=artfs", "ro", "default_permissions", "noatime"}
         if options.allow_other:
             fuse_options.add("allow_other")
@@ -157,6 +161,23 @@ def serve(options: MountOptions) -> None:
 
         trio.run(main)
     log.info("%s: unmounted", mountpoint)
+
+
+def tune_memory() -> None:
+    """Settings for a process that streams: a cold read allocates and frees a buffer per GET
+    and per block, which glibc by default hands back to the kernel (munmap, heap trimming), so
+    that every next one costs page faults (≈5% of the daemon's CPU in a cold read). Fixed
+    thresholds keep freed buffers in the heap for reuse; what the daemon holds is bounded by
+    RECENT_BYTES and the fetches in flight. The objects alive once the store is open (modules,
+    botocore's models) are moved out of the cyclic garbage collector's way."""
+    import ctypes
+    import gc
+
+    gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its defaults stay
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_MIN)
+        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_MIN)
 
 
 # -- starting in the background ----------------------------------------------------------------

@@ -543,22 +543,34 @@ class Filesystem:
             data: Buffer = await self._ask(key, functools.partial(blob.fetch, index))
             return data
         starts = key not in self._flights  # else it joins the flight of a reader or of read-ahead
-        fetched: bytes = await self._ask(key, functools.partial(blob.fetch_to_memory, index))
+        fetched: Buffer = await self._ask(key, functools.partial(blob.fetch_to_memory, index))
         if starts:
             self._ahead.add(key)  # on its way to disk: not to be fetched again
             self._open_blob(blob.entry)
-            self.background.start_soon(self._keep, blob, index, fetched)
+            self.background.start_soon(self._keep_behind, blob, index, fetched)
         return fetched
 
-    async def _keep(self, blob: BlobFile, index: int, data: bytes) -> None:
+    async def _keep_behind(self, blob: BlobFile, index: int, data: Buffer) -> None:
         try:
-            with trio.CancelScope(shield=True):  # unmounting waits for blocks on their way to disk
-                await self.threads.run(blob.keep, index, data, background=True)
-        except Exception as e:  # the block stays served from memory, or is fetched again
-            log.warning("cannot write block %d of blob %s to the cache: %s", index, blob.entry.hash, e)
+            await self._keep([(blob, index, data)])
         finally:
             self._ahead.discard((blob.entry.hash, index))
             self._close_blob(blob.entry.hash)
+
+    async def _keep(self, blocks: list[tuple[BlobFile, int, Buffer]]) -> None:
+        """Write blocks fetched to memory (`fetch_to_memory`, `take`) to the cache, in a worker
+        thread, after their readers got them. A block that cannot be written stays served from
+        memory for a while, then is fetched again."""
+
+        def keep() -> None:
+            for blob, i, data in blocks:
+                try:
+                    blob.keep(i, data)
+                except Exception as e:
+                    log.warning("cannot write block %d of blob %s to the cache: %s", i, blob.entry.hash, e)
+
+        with trio.CancelScope(shield=True):  # unmounting waits for blocks on their way to disk
+            await self.threads.run(keep, background=True)
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
         """Fetch the blocks the read-ahead window holds and nobody fetches yet, once they make a
@@ -652,21 +664,27 @@ class Filesystem:
                         log.debug("fetching block %d of blob %s ahead: %s", k[1], k[0], f.error)
                         if isinstance(f.error, StoreUnavailableError):
                             self._down_until = time.monotonic() + FAIL_FAST
+                await self._keep([(blob_of[k], k[1], f.data) for k, f in flights.items() if f.error is None])
         finally:
             for b, i in pieces:
                 self._ahead.discard((b.entry.hash, i))
                 self._close_blob(b.entry.hash)
 
     def _fetch_span(self, pieces: list[tuple[BlobFile, int]]) -> dict[tuple[str, int], Any]:
-        """In a worker thread: one GET for the span, each block verified and kept by its blob.
-        A block that failed its check is fetched on its own, which reports the error."""
+        """In a worker thread: one GET for the span, each block verified and taken by its blob
+        (the caller keeps them). A block that failed its check is fetched on its own, which
+        reports the error."""
         got = self.blobs.read_span([(b.entry, i) for b, i in pieces])
         out: dict[tuple[str, int], Any] = {}
         for blob, i in pieces:
             key = (blob.entry.hash, i)
             try:
                 data = got.get(key)
-                out[key] = blob.fetch(i) if data is None else blob.accept(i, data)
+                if data is None:
+                    out[key] = blob.fetch_to_memory(i)
+                else:
+                    blob.take(i, data)
+                    out[key] = data
             except Exception as e:
                 out[key] = e
         return out

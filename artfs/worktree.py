@@ -162,7 +162,7 @@ def _write_span(blobs: BlobStore, span: list[tuple[Entry, int]], root: Path, bar
 
 
 def _write_file(
-    blobs: BlobStore, entry: Entry, local: Path, bar: Bar, blocks: Iterable[bytes] | None = None
+    blobs: BlobStore, entry: Entry, local: Path, bar: Bar, blocks: Iterable[bytes | memoryview] | None = None
 ) -> None:
     tmp = local.parent / f".{local.name}.artfs-tmp"
     try:

@@ -562,6 +562,7 @@ def test_sigkill_leaves_a_cache_the_next_mount_reuses(
     m = mount(backend_url, "--no-in-place")
     assert (m.path / "ds:v0" / "big.bin").read_bytes() == data
     assert m.stats()["blocks_fetched"] == len(data) // BLOCK
+    wait_until(lambda: m.stats().get("blocks_cached") == len(data) // BLOCK)  # written behind the reader
     m.kill()
 
     again = mount(backend_url, "--no-in-place", path=m.path)  # clears the dead mount itself
