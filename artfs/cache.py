@@ -61,10 +61,7 @@ DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
 MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped; smaller ones cached whole
 STALE_TMP = 3600  # seconds after which a temporary file in the cache is a crash's leftover
-# Blocks kept in memory once fetched or read (see `recall`): enough to hold them from their
-# fetch to their first read (a stream's read-ahead window, a walk's sibling window); the kernel
-# keeps what was read. More only costs fresh pages: 256 MiB made cold reads 15% dearer.
-RECENT_BYTES = 64 * 1024 * 1024
+RECENT_BYTES = 256 * 1024 * 1024  # blocks kept in memory once fetched or read (see `recall`)
 DIRECT_ALIGN = 4096  # O_DIRECT writes: offsets, lengths and buffers aligned to this
 
 
@@ -462,6 +459,17 @@ class BlockCache:
                 self._recent_bytes += len(data)
             while self._recent_bytes > RECENT_BYTES:
                 self._recent_bytes -= len(self._recent.popitem(last=False)[1])
+
+    def memory(self) -> int:
+        """Bytes of blocks held in memory (see `remember`)."""
+        with self._lock:
+            return self._recent_bytes
+
+    def forget(self, content_hash: str, index: int) -> None:
+        with self._lock:
+            data = self._recent.pop((content_hash, index), None)
+            if data is not None:
+                self._recent_bytes -= len(data)
 
     def recall(self, content_hash: str, index: int) -> Buffer | None:
         key = (content_hash, index)

@@ -240,7 +240,7 @@ class Filesystem:
         """`_once` for anything that asks the store. Once the store was found unreachable (after
         the retries), fail fast for a while: every request would otherwise wait them out again
         (and the kernel repeats a failed read)."""
-        if time.monotonic() < self._down_until:
+        if key not in self._flights and time.monotonic() < self._down_until:  # joining one asks nothing
             raise StoreUnavailableError(f"{self.blobs.backend.url} is unreachable (asking again shortly)")
         try:
             return await self._once(key, fn)
@@ -533,7 +533,20 @@ class Filesystem:
             self.counters["blocks_verified"] += 1
             self.counters["bytes_verified"] += len(data)
             loaded[i] = data
-        return blob.read(offset, size, loaded)
+        served = blob.read(offset, size, loaded)
+        if handle.ahead is not None and handle.ahead.window:
+            self._forget_passed(blob, offset + size)
+        return served
+
+    def _forget_passed(self, blob: BlobFile, end: int) -> None:
+        """A stream has read up to `end`: the blocks it is done with leave the daemon's memory
+        once they are on disk (the kernel keeps what was read). Memory is then left to the
+        blocks on their way to a reader, and a long stream reuses its buffers (fresh pages are
+        what a cold read would otherwise spend much of its time on)."""
+        last = end // blob.block_size  # blocks before this one are passed
+        for i in range(max(0, last - SPAN_BYTES // blob.block_size), last):
+            if blob.local(i):
+                self.cache.forget(blob.entry.hash, i)
 
     async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
         """A block from the store. The reader gets it before it is written to the cache, which
@@ -717,6 +730,7 @@ class Filesystem:
             "open_blobs": len(self._open_blobs),
             "versions_loaded": len(self._trees),
             "cache_usage": self.cache.usage(),
+            "cache_memory": self.cache.memory(),
             "cache_budget": self.cache.budget,
         }
 

@@ -475,6 +475,21 @@ def test_fetched_blocks_are_served_from_memory_then_from_the_cache_file(
     again.close()
 
 
+def test_a_stream_leaves_the_daemons_memory_to_blocks_not_read_yet(
+    tmp_path: Path, backend_url: str, mount: MountFactory
+) -> None:
+    data = patterned(48)
+    push(backend_url, "ds", make_tree(tmp_path / "src", {"big.bin": data}))
+    m = mount(backend_url, "--no-in-place")
+    assert (m.path / "ds:v0" / "big.bin").read_bytes() == data
+    s = m.stats()
+    assert s["blocks_read_ahead"] > 0
+    assert s["cache_memory"] <= len(data) // 2  # blocks read and on disk were let go
+    Path("/proc/sys/vm/drop_caches").write_text("3")  # read again: from memory or the cache file
+    assert (m.path / "ds:v0" / "big.bin").read_bytes() == data
+    assert m.stats()["blocks_fetched"] == len(data) // BLOCK
+
+
 def test_a_block_the_cache_has_no_room_for_is_fetched_again_once_out_of_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
