@@ -574,6 +574,8 @@ class Filesystem:
         """Write blocks fetched to memory (`fetch_to_memory`, `take`) to the cache, in a worker
         thread, after their readers got them. A block that cannot be written stays served from
         memory for a while, then is fetched again."""
+        if not blocks:
+            return
 
         def keep() -> None:
             for blob, i, data in blocks:

@@ -451,15 +451,20 @@ def test_cache_budget_is_hard_and_open_files_are_never_evicted(
     assert m.stats()["cache_budget"] == 12 * MiB
 
 
+def entry_of(path: Path, data: bytes, block: int) -> Entry:
+    """The manifest entry of `data`, written to `path`."""
+    path.write_bytes(data)
+    d = hash_file(path, block)
+    return Entry(path.name, size=len(data), hash=d.hash, blocks=d.blocks)
+
+
 def test_fetched_blocks_are_served_from_memory_then_from_the_cache_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     block = 64 * 1024
     monkeypatch.setattr(cache_module, "RECENT_BYTES", 2 * block)  # memory holds the last two
     data = os.urandom(5 * block + 100)  # five whole blocks (written past the page cache) and a tail
-    (tmp_path / "f").write_bytes(data)
-    d = hash_file(tmp_path / "f", block)
-    entry = Entry("f", size=len(data), hash=d.hash, blocks=d.blocks)
+    entry = entry_of(tmp_path / "f", data, block)
     blob = BlockCache(tmp_path / "cache", block).open(entry, lambda i: data[i * block : (i + 1) * block])
     for i in range(6):
         blob.fetch(i)
@@ -496,9 +501,7 @@ def test_a_block_the_cache_has_no_room_for_is_fetched_again_once_out_of_memory(
     block = 64 * 1024
     monkeypatch.setattr(cache_module, "RECENT_BYTES", block)  # memory holds the last one
     data = os.urandom(2 * block)
-    (tmp_path / "f").write_bytes(data)
-    d = hash_file(tmp_path / "f", block)
-    entry = Entry("f", size=len(data), hash=d.hash, blocks=d.blocks)
+    entry = entry_of(tmp_path / "f", data, block)
     cache = BlockCache(tmp_path / "cache", block, budget=0)  # served, never kept
     blob = cache.open(entry, lambda i: data[i * block : (i + 1) * block])
     assert blob.fetch(0) == data[:block]
