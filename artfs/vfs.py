@@ -192,6 +192,8 @@ class Filesystem:
         self._verified_in_place: dict[str, bytearray] = {}
         self._listing: tuple[float, list[Instance]] = (-1.0, [])
         self._ahead: set[tuple[str, int]] = set()
+        self._spans_loading = trio.CapacityLimiter(threads.background.total_tokens)  # see `_load_ahead`
+        self._passed: dict[str, int] = {}  # open blob → the block a stream of it has read up to
         self._siblings_upto: dict[tuple[VersionTree, int], int] = {}  # (tree, dir) → last node fetched
         self.background: trio.Nursery | None = None  # where read-ahead runs; none: no read-ahead
         # Told (parent inode, name) when a root name stops meaning what the kernel may have
@@ -535,16 +537,17 @@ class Filesystem:
             loaded[i] = data
         served = blob.read(offset, size, loaded)
         if handle.ahead is not None and handle.ahead.window:
-            self._forget_passed(blob, offset + size)
+            self._forget_passed(blob, range(offset // blob.block_size, (offset + size) // blob.block_size))
+            h = blob.entry.hash
+            self._passed[h] = max(self._passed.get(h, 0), (offset + size) // blob.block_size)
         return served
 
-    def _forget_passed(self, blob: BlobFile, end: int) -> None:
-        """A stream has read up to `end`: the blocks it is done with leave the daemon's memory
-        once they are on disk (the kernel keeps what was read). Memory is then left to the
-        blocks on their way to a reader, and a long stream reuses its buffers (fresh pages are
-        what a cold read would otherwise spend much of its time on)."""
-        last = end // blob.block_size  # blocks before this one are passed
-        for i in range(max(0, last - SPAN_BYTES // blob.block_size), last):
+    def _forget_passed(self, blob: BlobFile, indices: Iterable[int]) -> None:
+        """Blocks a stream has read past leave the daemon's memory once they are on disk (the
+        kernel keeps what was read): here if they are, else when they get there (`_keep`).
+        Memory is then left to the blocks on their way to a reader, and a long stream reuses
+        its buffers (fresh pages are what a cold read would otherwise spend much time on)."""
+        for i in indices:
             if blob.local(i):
                 self.cache.forget(blob.entry.hash, i)
 
@@ -586,19 +589,22 @@ class Filesystem:
 
         with trio.CancelScope(shield=True):  # unmounting waits for blocks on their way to disk
             await self.threads.run(keep, background=True)
+        for blob, i, _ in blocks:
+            if i < self._passed.get(blob.entry.hash, 0):
+                self._forget_passed(blob, [i])
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
-        """Fetch the blocks the read-ahead window holds and nobody fetches yet, once they make a
-        span (a GET of SPAN_BYTES) or the nearest of them is less than a span ahead of the
-        reader: a window that slides one block per read would otherwise cost a GET per block."""
+        """Fetch the blocks the read-ahead window holds and nobody fetches yet, to the end of
+        the aligned span (see `BlobStore.spans`) the window ends in: a stream then costs one
+        GET per span, each on the store's part boundaries, however its reads fall."""
         assert self.background is not None and handle.ahead is not None
         bs = blob.block_size
         last = (min(offset + size, blob.entry.size) - 1) // bs
         window = handle.ahead.advise(offset // bs, last, len(blob.verified))
-        todo = self._missing(blob, window)
         span = SPAN_BYTES // bs
-        if todo and (len(todo) >= span or todo[0] - last <= span or todo[-1] == len(blob.verified) - 1):
-            self._fetch_blocks(blob, todo, "blocks_read_ahead")
+        if window:
+            end = min(len(blob.verified), -(-window.stop // span) * span)
+            self._fetch_blocks(blob, self._missing(blob, range(window.start, end)), "blocks_read_ahead")
         h = blob.entry.hash
         on_disk = [i for i in window if not blob.verified[i] and blob.local(i) and (h, i) not in self._ahead]
         for k in range(0, len(on_disk), span):
@@ -663,27 +669,45 @@ class Filesystem:
         self.background.start_soon(self._load_ahead, pieces)
 
     async def _load_ahead(self, pieces: list[tuple[BlobFile, int]]) -> None:
+        """Blocks become flights (which readers wait for) only once their GET can start: a
+        reader that needs a block still queued behind other spans (a whole blob coming for a
+        random reader, say) fetches it on its own instead of waiting for the queue."""
         try:
-            # A reader may have fetched some of them meanwhile, or be fetching them: left out.
-            todo = [(b, i) for b, i in pieces if (b.entry.hash, i) not in self._flights and not b.verified[i]]
-            blob_of = {(b.entry.hash, i): b for b, i in todo}
-            for span in self.blobs.spans([(b.entry, i) for b, i in todo]):
-                keys = [(e.hash, i) for e, i in span if (e.hash, i) not in self._flights]  # again
-                if not keys or time.monotonic() < self._down_until:
-                    continue
-                part = [(blob_of[k], k[1]) for k in keys]
-                self.counters["gets_ahead"] += 1
-                flights = await self._fly(keys, functools.partial(self._fetch_span, part), background=True)
-                for k, f in flights.items():  # the reader gets the error if it reaches this block
-                    if f.error is not None:
-                        log.debug("fetching block %d of blob %s ahead: %s", k[1], k[0], f.error)
-                        if isinstance(f.error, StoreUnavailableError):
-                            self._down_until = time.monotonic() + FAIL_FAST
-                await self._keep([(blob_of[k], k[1], f.data) for k, f in flights.items() if f.error is None])
+            async with self._spans_loading:
+                # A reader may have fetched some of them meanwhile, or be fetching them: left out.
+                todo = [(b, i) for b, i in pieces if self._still_missing(b, i)]
+                blob_of = {(b.entry.hash, i): b for b, i in todo}
+                for span in self.blobs.spans([(b.entry, i) for b, i in todo]):
+                    part = [(blob_of[e.hash, i], i) for e, i in span]
+                    part = [(b, i) for b, i in part if self._still_missing(b, i)]  # again, after an await
+                    if part and time.monotonic() >= self._down_until:
+                        await self._load_span(part)
         finally:
             for b, i in pieces:
                 self._ahead.discard((b.entry.hash, i))
                 self._close_blob(b.entry.hash)
+
+    async def _load_span(self, part: list[tuple[BlobFile, int]]) -> None:
+        self.counters["gets_ahead"] += 1
+        keys = [(b.entry.hash, i) for b, i in part]
+        flights = await self._fly(keys, functools.partial(self._fetch_span, part), background=True)
+        for k, f in flights.items():  # the reader gets the error if it reaches this block
+            if f.error is not None:
+                log.debug("fetching block %d of blob %s ahead: %s", k[1], k[0], f.error)
+                if isinstance(f.error, StoreUnavailableError):
+                    self._down_until = time.monotonic() + FAIL_FAST
+        await self._keep(
+            [(b, i, flights[b.entry.hash, i].data) for b, i in part if flights[b.entry.hash, i].error is None]
+        )
+
+    def _still_missing(self, blob: BlobFile, index: int) -> bool:
+        h = blob.entry.hash
+        return (
+            (h, index) not in self._flights
+            and not blob.verified[index]
+            and not blob.local(index)
+            and self.cache.recall(h, index) is None
+        )
 
     def _fetch_span(self, pieces: list[tuple[BlobFile, int]]) -> dict[tuple[str, int], Any]:
         """In a worker thread: one GET for the span, each block verified and taken by its blob
@@ -715,6 +739,7 @@ class Filesystem:
             self._open_blobs[h] = (blob, users - 1)
         else:
             del self._open_blobs[h]
+            self._passed.pop(h, None)
             blob.close()
 
     def close(self) -> None:

@@ -18,9 +18,12 @@ empty cache, for each group: no tool finds the server warmed by itself or by ano
   small cold / warm    open+read 2,500 × 4 KiB        boto3: 16 threads of GETs
    … page cache dropped  as above
   random 4 KiB         1,000 reads in a 200 MiB one   boto3: one ranged GET each
-The ratio compares artfs with the best peer on each line (>1: artfs is better). A second table
-gives the requests the server answered and the bytes it sent for each tool and group of lines,
-read from SeaweedFS's own metrics.
+The ratio compares artfs with the best peer on each line (>1: artfs is better). A last column
+runs the sequential and first-MiB lines through bench/s3ceiling.py, the smallest pyfuse3
+filesystem over S3 (the boto3 baseline's GETs, nothing hashed or cached): what any pyfuse3 mount
+can reach on this machine, with artfs's ratio to it. A second table gives the requests the
+server answered and the bytes it sent for each tool and group of lines, read from SeaweedFS's
+own metrics.
 """
 
 from __future__ import annotations
@@ -86,7 +89,9 @@ def random_reads(path: Path, offsets: list[int]) -> None:
 
 
 PEERS = ("boto3", "rclone", "s3fs")
+TOOLS = (*PEERS, "artfs", "ceiling")
 GROUPS = ("sequential", "first", "listing", "small", "random")
+CEILING_GROUPS = ("sequential", "first")
 MID = 200 * MiB  # the object random reads go to (smaller when --big-mib is)
 FIRST = [f"first/f{i}.bin" for i in range(5)]  # the files whose first MiB is timed
 LINES = {"cold sequential": "GB/s", "warm sequential": "GB/s", "warm seq, drop": "GB/s",
@@ -120,19 +125,28 @@ def main() -> None:
             results, traffic = run(work, server, args)
         finally:
             server.kill()
-    print(f"{'line':16} {'unit':>5} " + " ".join(f"{t:>9}" for t in (*PEERS, "artfs")) + "  ÷best peer")
+    print(
+        f"{'line':16} {'unit':>5} "
+        + " ".join(f"{t:>9}" for t in TOOLS[:-1])
+        + "  ÷best peer   ceiling   ÷ceiling"
+    )
+    nan = float("nan")
     for line, unit in LINES.items():
         row = results[line]
         lower_is_better = unit in ("ms", "s")
         best = min if lower_is_better else max
-        peer = best(row[t] for t in PEERS if t in row)
-        ratio = peer / row["artfs"] if lower_is_better else row["artfs"] / peer
-        cells = " ".join(f"{row.get(t, float('nan')):9.2f}" for t in (*PEERS, "artfs"))
-        print(f"{line:16} {unit:>5} {cells}  {ratio:9.2f}x")
+        peer, ceiling = best(row[t] for t in PEERS if t in row), row.get("ceiling", nan)
+        peer_ratio, ceiling_ratio = (
+            (b / row["artfs"] if lower_is_better else row["artfs"] / b) for b in (peer, ceiling)
+        )
+        cells = " ".join(f"{row.get(t, nan):9.2f}" for t in TOOLS[:-1])
+        print(f"{line:16} {unit:>5} {cells}  {peer_ratio:9.2f}x {ceiling:9.2f} {ceiling_ratio:9.2f}x")
     print("\nsent by the server, per group of lines (mounting and unmounting included): requests / MiB")
-    print(f"{'group':16} " + " ".join(f"{t:>15}" for t in (*PEERS, "artfs")))
+    print(f"{'group':16} " + " ".join(f"{t:>15}" for t in TOOLS))
     for group, sent in traffic.items():
-        cells = " ".join(f"{f'{sent[t][0]} / {sent[t][1] / MiB:.0f}':>15}" for t in (*PEERS, "artfs"))
+        cells = " ".join(
+            f"{f'{sent[t][0]} / {sent[t][1] / MiB:.0f}' if t in sent else '':>15}" for t in TOOLS
+        )
         print(f"{group:16} {cells}")
 
 
@@ -230,8 +244,8 @@ def run(work: Path, server: SeaweedFS, args: argparse.Namespace) -> Results:
             / timed(lambda: [plain.get("boto3/mid.bin", o, o + 4095) for o in offsets])
         }
 
-    for tool in ("boto3", "rclone", "s3fs", "artfs"):
-        for group in GROUPS:
+    for tool in TOOLS:
+        for group in CEILING_GROUPS if tool == "ceiling" else GROUPS:
             drop_caches()
             before = server.traffic()
             if tool == "boto3":
@@ -262,7 +276,17 @@ def mounted(tool: str, work: Path, endpoint: str, store: str) -> Iterator[Path]:
         finally:
             subprocess.run([*ARTFS, "umount", str(mnt)], check=True)
         return
-    if tool == "rclone":
+    if tool == "ceiling":  # boto3's objects, through the smallest pyfuse3 filesystem
+        env = dict(os.environ)
+        argv = [
+            sys.executable,
+            str(Path(__file__).with_name("s3ceiling.py")),
+            endpoint,
+            S3_BUCKET,
+            "boto3",
+            str(mnt),
+        ]
+    elif tool == "rclone":
         config = {"TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": endpoint, "ACCESS_KEY_ID": "bench",
                   "SECRET_ACCESS_KEY": "bench", "FORCE_PATH_STYLE": "true"}  # fmt: skip
         env = {**os.environ, **{f"RCLONE_CONFIG_SW_{k}": v for k, v in config.items()}}

@@ -10,6 +10,7 @@ import pytest
 
 import artfs
 from artfs import keys
+from artfs.blobs import SPAN_BYTES
 from artfs.cache import BlockCache
 from artfs.digest import hash_file
 from artfs.errors import (
@@ -25,6 +26,7 @@ from artfs.errors import (
     VersionInUseError,
     VersionNotFoundError,
 )
+from artfs.manifest import Entry
 
 from .conftest import GCS_BUCKET, S3_BUCKET, make_tree
 
@@ -360,6 +362,24 @@ def test_progress_is_reported_for_transfers(store: artfs.Store, tmp_path: Path) 
     v = store.log_artifact(art, progress=Recorder)
     v.download(tmp_path / "out", progress=Recorder)
     assert seen == {"hashing": [8000, 8000], "uploading": [8000, 8000], "downloading": [8000, 8000]}
+
+
+def test_a_get_never_straddles_a_span_boundary_of_its_object(small_block_store: artfs.Store) -> None:
+    blobs = small_block_store.blobs
+    per_span = SPAN_BYTES // BLOCK
+    blob = Entry("big.bin", size=3 * SPAN_BYTES, hash="0" * 32, blocks=("1" * 32,) * (3 * per_span))
+    spans = blobs.spans((blob, i) for i in range(3, 3 * per_span))
+    assert [[i for _, i in s] for s in spans] == [
+        list(range(3, per_span)),  # a stream that starts mid-span catches up with the boundary
+        list(range(per_span, 2 * per_span)),
+        list(range(2 * per_span, 3 * per_span)),
+    ]
+    size, base = BLOCK // 2, SPAN_BYTES - 20 * BLOCK // 2  # a run of small files across a boundary
+    packed = [
+        Entry(f"f{k}", size=size, hash="2" * 32, pack="3" * 32, offset=base + k * size) for k in range(40)
+    ]
+    spans = blobs.spans((e, 0) for e in packed)
+    assert [len(s) for s in spans] == [20, 20]
 
 
 @pytest.mark.parametrize("server", ["seaweedfs", "fake_gcs"])
