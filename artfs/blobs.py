@@ -136,8 +136,9 @@ class BlobStore:
         most SPAN_GAP bytes between two (small files of a pack that are cached already, say:
         cheaper to fetch again than to ask for separately), within one SPAN_BYTES-aligned
         stretch of the object. Stores keep objects in parts (SeaweedFS in chunks, S3 in upload
-        parts); a GET that straddles a boundary makes the server read both sides of it: on
-        SeaweedFS 8 MiB GETs 1 MiB off the boundaries cost 40% more server CPU (bench/s3.py)."""
+        parts); a GET that straddles a boundary makes the server read both sides of it. Read a
+        512 MiB blob from SeaweedFS in 8 MiB GETs 1 MiB off the boundaries and its CPU time goes
+        up 40%, the download's down 30%."""
         out: list[list[Piece]] = []
         key, first, end = "", 0, 0  # of the current span: object, first offset, end of the last
         for piece in pieces:
