@@ -537,19 +537,20 @@ class Filesystem:
             loaded[i] = data
         served = blob.read(offset, size, loaded)
         if handle.ahead is not None and handle.ahead.window:
-            self._forget_passed(blob, range(offset // blob.block_size, (offset + size) // blob.block_size))
-            h = blob.entry.hash
-            self._passed[h] = max(self._passed.get(h, 0), (offset + size) // blob.block_size)
+            self._stream_read(blob, offset, offset + size)
         return served
 
-    def _forget_passed(self, blob: BlobFile, indices: Iterable[int]) -> None:
-        """Blocks a stream has read past leave the daemon's memory once they are on disk (the
-        kernel keeps what was read): here if they are, else when they get there (`_keep`).
-        Memory is then left to the blocks on their way to a reader, and a long stream reuses
-        its buffers (fresh pages are what a cold read would otherwise spend much time on)."""
-        for i in indices:
+    def _stream_read(self, blob: BlobFile, offset: int, end: int) -> None:
+        """A stream has read `offset`..`end`. Blocks it has read past leave the daemon's memory
+        once they are on disk (the kernel keeps what was read): here if they are, else when
+        they get there (`_keep`). Memory is then left to the blocks on their way to a reader,
+        and a long stream reuses its buffers (fresh pages are what a cold read would otherwise
+        spend much time on)."""
+        h, bs = blob.entry.hash, blob.block_size
+        self._passed[h] = max(self._passed.get(h, 0), end // bs)
+        for i in range(offset // bs, end // bs):
             if blob.local(i):
-                self.cache.forget(blob.entry.hash, i)
+                self.cache.forget(h, i)
 
     async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
         """A block from the store. The reader gets it before it is written to the cache, which
@@ -590,8 +591,8 @@ class Filesystem:
         with trio.CancelScope(shield=True):  # unmounting waits for blocks on their way to disk
             await self.threads.run(keep, background=True)
         for blob, i, _ in blocks:
-            if i < self._passed.get(blob.entry.hash, 0):
-                self._forget_passed(blob, [i])
+            if i < self._passed.get(blob.entry.hash, 0) and blob.local(i):
+                self.cache.forget(blob.entry.hash, i)  # a stream has read past it (`_stream_read`)
 
     def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
         """Fetch the blocks the read-ahead window holds and nobody fetches yet, to the end of
@@ -647,9 +648,9 @@ class Filesystem:
             self._fetch_blocks(blob, self._missing(blob, others), "blocks_fetched_whole")
 
     def _missing(self, blob: BlobFile, indices: Iterable[int]) -> list[int]:
-        """Those of these blocks that are neither verified nor local, and not being fetched."""
+        """Those of these blocks that are nowhere yet, nor on their way (see `_still_missing`)."""
         h = blob.entry.hash
-        return [i for i in indices if not blob.verified[i] and not blob.local(i) and not self._fetching(h, i)]
+        return [i for i in indices if (h, i) not in self._ahead and self._still_missing(blob, i)]
 
     def _fetch_blocks(self, blob: BlobFile, indices: list[int], counter: str) -> None:
         """Fetch these blocks in the background, a span of neighbours per GET."""
@@ -701,6 +702,8 @@ class Filesystem:
         )
 
     def _still_missing(self, blob: BlobFile, index: int) -> bool:
+        """Neither verified, on disk, in memory nor being fetched (a block queued to be fetched
+        ahead is still missing: see `_load_ahead`)."""
         h = blob.entry.hash
         return (
             (h, index) not in self._flights
