@@ -49,6 +49,7 @@ from pathlib import Path
 import xxhash
 
 from .blobs import BlobStore, check_block
+from .config import PRIVATE_DIR, PRIVATE_FILE, private_dir
 from .errors import CorruptDataError, InvalidInputError
 from .manifest import Entry
 from .progress import ProgressFactory, silent
@@ -228,12 +229,12 @@ class CachedBlob(_FileBlob):
         self._fetch = fetch
         self._pinned = pinned
         path = cache.path(entry.hash)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        cache.subdir(path)
         fd = _open_shared(path)
         try:
             if os.fstat(fd).st_size != entry.size:
                 os.ftruncate(fd, entry.size)
-            self._present_fd = os.open(f"{path}.present", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._present_fd = os.open(f"{path}.present", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         except BaseException:
             os.close(fd)
             raise
@@ -381,7 +382,7 @@ class SmallBlob(BlobFile):
 
     def keep(self, index: int, data: Buffer) -> None:
         def write() -> None:
-            self._path.parent.mkdir(exist_ok=True)
+            self._cache.subdir(self._path)
             _write_atomic(self._path, data, durable=False)  # a torn file fails its hash
 
         self._cache.keep(self.entry.hash, len(data), self._pinned, write)
@@ -405,7 +406,7 @@ def _open_shared(path: Path) -> int:
     """Open (creating) a cache file and hold a shared lock on it, making sure it is still the
     file at `path` once locked (an evictor may have unlinked it while we waited)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         fcntl.flock(fd, fcntl.LOCK_SH)
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -438,7 +439,10 @@ class BlockCache:
         self.block_size = block_size
         self.dir = root / "blocks" / str(block_size)
         self.pins_dir = root / "pins"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
+        for d in (root / "blocks", self.dir):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir(mode=PRIVATE_DIR)
         self.budget = budget if budget is not None else int(shutil.disk_usage(root).free * DEFAULT_SHARE)
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -449,6 +453,12 @@ class BlockCache:
 
     def path(self, content_hash: str) -> Path:
         return self.dir / content_hash[:2] / content_hash
+
+    @staticmethod
+    def subdir(path: Path) -> None:
+        """Make sure the directory `path` goes in exists, private like the cache."""
+        with contextlib.suppress(FileExistsError):
+            path.parent.mkdir(mode=PRIVATE_DIR)
 
     def remember(self, content_hash: str, index: int, data: Buffer) -> None:
         """Keep a verified block in memory (the least recently used go past RECENT_BYTES)."""
@@ -613,9 +623,10 @@ class BlockCache:
         """Record a pin, then fetch every block the version lacks, neighbours in one GET per
         span (a big file's blocks, a pack's small files). Returns bytes fetched."""
         files = {e.hash: e for e in entries if e.is_file and e.size}
-        self.pins_dir.mkdir(parents=True, exist_ok=True)
         record = {"store": store_url, "version": label, "blobs": sorted(files)}
-        _write_atomic(self._pin_path(store_url, label), json.dumps(record, indent=1).encode())
+        pin_path = self._pin_path(store_url, label)
+        self.subdir(pin_path)
+        _write_atomic(pin_path, json.dumps(record, indent=1).encode())
         before = self.stats["bytes_fetched"]
         total = sum(e.size for e in files.values())
         pieces = [(e, i) for e in files.values() for i in range(e.block_count(self.block_size))]
@@ -683,7 +694,7 @@ def _try_remove(path: Path) -> bool:
 
 def _write_atomic(path: Path, data: Buffer, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE), "wb") as f:
         f.write(data)
         if durable:
             f.flush()

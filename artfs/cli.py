@@ -24,8 +24,10 @@ from .cache import BlockCache, parse_size
 from .config import default_cache_dir
 from .daemon import MountOptions, check_mountpoint, foreground_argv, serve, start_detached, unmount
 from .errors import ArtfsError, InvalidInputError
+from .logs import redact
 from .logs import setup as setup_logging
 from .names import LATEST, Ref
+from .workers import Cancelled
 
 log = logging.getLogger(__name__)
 out = Console(highlight=False, soft_wrap=True)
@@ -35,9 +37,12 @@ Exit codes: 0 ok · 1 differences found / nothing done as asked · 2 usage or in
 3 error · 4 not found · 5 conflict (exists, in use, changed) · 6 corrupt data · 7 store unusable"""
 
 
-def fail(exc: ArtfsError) -> NoReturn:
-    click.echo(f"artfs: error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"artfs: error: {redact(message)}", err=True)
+    sys.exit(code)
 
 
 class ArtfsGroup(click.Group):
@@ -48,12 +53,23 @@ class ArtfsGroup(click.Group):
             return super().invoke(ctx)
         except ArtfsError as e:
             log.debug("error", exc_info=True)
-            fail(e)
+            fail(str(e), e.exit_code)
         except OSError as e:
             log.debug("error", exc_info=True)
             where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"artfs: error: {where}{e.strerror or e}", err=True)
-            sys.exit(3)
+            fail(f"{where}{e.strerror or e}", 3)
+        except (KeyboardInterrupt, Cancelled):
+            # Worker pools have stopped (or were given their grace period) and removed their
+            # temp files; a thread still stuck in a network call must not hold the exit up.
+            click.echo("artfs: interrupted", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            log.debug("internal error", exc_info=True)
+            fail(f"internal error: {type(e).__name__}: {e} (a bug in artfs; -vv shows the traceback)", 3)
 
 
 def progress_bar(*, total: int, desc: str) -> Any:

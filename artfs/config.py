@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import keys
 from .digest import ALGORITHM, DEFAULT_BLOCK_SIZE
-from .errors import ObjectNotFoundError, PreconditionFailedError, StoreFormatError, StoreNotFoundError
+from .errors import (
+    InvalidInputError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    StoreFormatError,
+    StoreNotFoundError,
+)
 from .storage import Backend
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 
@@ -33,8 +42,41 @@ def default_cache_dir() -> Path:
 
 
 def state_dir() -> Path:
-    """Where detached daemons write their logs: `$XDG_STATE_HOME/artfs`."""
+    """Where artfs keeps what it knows about this machine (daemon logs, what it wrote where):
+    `$XDG_STATE_HOME/artfs`."""
     return _xdg("XDG_STATE_HOME", ".local/state") / "artfs"
+
+
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only its owner can read, created so (with any missing parents).
+    The cache holds blocks of private buckets, and the state directory logs and file records:
+    on a shared machine (a GPU server, /scratch) other users must not read them. A directory
+    that exists with wider modes is left as it is, with a warning: widening or narrowing what
+    someone set up on purpose is theirs to decide."""
+    missing = []
+    here = path
+    while not here.exists():
+        missing.append(here)
+        here = here.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process got there first
+            d.mkdir(mode=PRIVATE_DIR)
+    mode = path.stat().st_mode & 0o777
+    if not missing and mode & 0o077 and path not in _warned:
+        _warned.add(path)
+        log.warning(
+            "%s is readable by other users (mode %o); artfs leaves it so: `chmod 700 %s` makes it private",
+            path,
+            mode,
+            path,
+        )
+    return path
+
+
+_warned: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -67,9 +109,16 @@ class StoreConfig:
                 raise StoreNotFoundError(
                     f"no artfs store at {backend.url} (the first push creates one)"
                 ) from None
-            with contextlib.suppress(PreconditionFailedError):  # a concurrent creator won
-                backend.put_json(keys.CONFIG, asdict(cls()), if_absent=True)
-            doc, _ = backend.get_json(keys.CONFIG)
+            if backend.may_create_store():
+                with contextlib.suppress(PreconditionFailedError):  # a concurrent creator won
+                    backend.put_json(keys.CONFIG, asdict(cls()), if_absent=True)
+            try:  # refused: unless a concurrent creator has just made it a store
+                doc, _ = backend.get_json(keys.CONFIG)
+            except ObjectNotFoundError:
+                raise InvalidInputError(
+                    f"{backend.url} holds other files and no artfs store: refusing to create one "
+                    "there (a typo in --store? give a new or empty directory)"
+                ) from None
         except json.JSONDecodeError:
             raise StoreFormatError(f"{backend.url}: config is not valid JSON") from None
         try:

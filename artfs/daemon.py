@@ -202,9 +202,12 @@ def start_detached(argv: list[str], mountpoint: str, timeout: float = 60.0) -> P
 
     Returns the log file. On failure raises ArtfsError with the daemon's own error message and
     exit code."""
+    from .config import PRIVATE_FILE, private_dir
+
     log_file = log_path(mountpoint)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with _notify_socket() as (sock, address), open(log_file, "ab") as out:
+    private_dir(log_file.parent)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    with _notify_socket() as (sock, address), open(fd, "ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
         out.flush()
         start = out.tell()
@@ -213,6 +216,7 @@ def start_detached(argv: list[str], mountpoint: str, timeout: float = 60.0) -> P
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
+            cwd="/",  # a daemon must not keep the caller's directory (or its filesystem) busy
             start_new_session=True,
             env={**os.environ, "NOTIFY_SOCKET": address},
         )
@@ -232,7 +236,7 @@ def start_detached(argv: list[str], mountpoint: str, timeout: float = 60.0) -> P
     error = ArtfsError(
         errors[-1].removeprefix("artfs: error: ") if errors else f"the mount daemon failed; see {log_file}"
     )
-    error.exit_code = proc.returncode or 3
+    error.exit_code = proc.returncode if proc.returncode >= 3 else 3  # 1 and 2 mean other things
     raise error
 
 
@@ -279,8 +283,9 @@ def unmount(mountpoint: str, timeout: float = 60.0) -> None:
 
 
 def foreground_argv(options: MountOptions, verbosity: int) -> list[str]:
-    """The command line that runs the same mount in the foreground."""
-    argv = [sys.executable, "-m", "artfs", *(["-" + "v" * verbosity] if verbosity else [])]
+    """The command line that runs the same mount in the foreground. `-P`: whatever the caller's
+    directory holds (a folder named `artfs`, say the mount point) is never imported."""
+    argv = [sys.executable, "-P", "-m", "artfs", *(["-" + "v" * verbosity] if verbosity else [])]
     argv += ["--store", options.store_url, "mount", "--foreground", "--cache-dir", options.cache_dir]
     if options.cache_size is not None:
         argv += ["--cache-size", str(options.cache_size)]

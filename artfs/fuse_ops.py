@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from .errors import ArtfsError, NotFoundError, StoreError
+from .names import MAX_NAME
 from .vfs import DIR, LINK, Attr, Filesystem
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if len(name) > MAX_NAME:  # before any other errno, as Linux filesystems answer
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         attr = await self.fs.lookup(parent_inode, os.fsdecode(name))
         if attr is not None:
             return self._attrs(attr)
@@ -152,5 +155,5 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_namemax = 255
+        s.f_namemax = MAX_NAME
         return s

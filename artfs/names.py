@@ -12,6 +12,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 VERSION_RE = re.compile(r"v?([0-9]+)")
 LATEST = "latest"
 MAX_PATH = 4096
+MAX_NAME = 255  # bytes in one path component: Linux's NAME_MAX, what every mount advertises
 
 
 def validate_name(name: str, what: str = "artifact name") -> str:
@@ -56,28 +57,32 @@ class Ref:
 def validate_path(path: str) -> str:
     """Return `path` if it is a safe path inside an artifact, else raise InvalidPathError.
 
-    Safe: relative, `/`-separated, no empty, `.` or `..` components, no NUL. Hostile manifests are
-    rejected with this on read as well as on write, so no path can escape the tree.
+    Safe: relative, `/`-separated, no empty, `.` or `..` components, no NUL, at most MAX_PATH
+    bytes with components of at most MAX_NAME. Hostile manifests are rejected with this on read
+    as well as on write, so no path can escape the tree or be one no filesystem can hold.
     """
     if not isinstance(path, str) or not path:
         raise InvalidPathError(f"invalid path {path!r}: empty")
     if "\0" in path:
         raise InvalidPathError(f"invalid path {path!r}: contains NUL")
-    if path.isascii():  # the common case, checked without encoding (manifests hold many paths)
-        size = len(path)
-    else:
-        try:
-            size = len(path.encode("utf-8", "surrogateescape"))
-        except UnicodeEncodeError:
-            raise InvalidPathError(f"invalid path {path!r}: not a filesystem name") from None
-    if size > MAX_PATH:
+    try:  # ASCII, the common case, is measured without encoding (manifests hold many paths)
+        raw = path if path.isascii() else path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidPathError(f"invalid path {path!r}: not a filesystem name") from None
+    if len(raw) > MAX_PATH:
         raise InvalidPathError(f"invalid path {path[:64]!r}…: longer than {MAX_PATH} bytes")
+    if len(raw) > MAX_NAME and any(len(part) > MAX_NAME for part in _parts(raw)):
+        raise InvalidPathError(f"invalid path {path[:64]!r}…: a name longer than {MAX_NAME} bytes")
     if path.startswith("/"):
         raise InvalidPathError(f"invalid path {path!r}: absolute")
     wrapped = f"/{path}/"
     if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise InvalidPathError(f"invalid path {path!r}: empty, '.' or '..' component")
     return path
+
+
+def _parts(raw: str | bytes) -> list[str] | list[bytes]:
+    return raw.split("/") if isinstance(raw, str) else raw.split(b"/")
 
 
 def validate_link_target(path: str, target: str) -> str:

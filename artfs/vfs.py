@@ -2,8 +2,8 @@
 
     /                         one directory per version (`name:vN`) and per alias (`name:latest`)
     /name:ref/…               the version's tree, built from its manifest on first access
-    /.artfs/mount.json        this mount: store, cache, pid          (generated when opened,
-    /.artfs/stats.json        fetch and cache counters                 size 0 like /proc files)
+    /.artfs/mount.json        this mount: store, cache, pid          (generated on each stat
+    /.artfs/stats.json        fetch and cache counters                 and open, with their size)
     /.artfs/name:ref.json     a version's record and manifest
 
 Inodes: the root area is instance 0 (1 = root, 2 = .artfs, 3–4 its files). Every directory
@@ -340,13 +340,28 @@ class Filesystem:
     def _root_attr(self, ino: int) -> Attr:
         return Attr(ino, DIR, 0o755, 0, self.started_ns, ROOT_TIMEOUT)
 
-    def _meta_file_attr(self, ino: int) -> Attr:
-        return Attr(ino, FILE, 0o444, 0, time.time_ns(), 0.0)
+    def _meta_file_attr(self, ino: int, size: int = 0) -> Attr:
+        """A generated file's attributes; never cached by the kernel, since its content may
+        change. Listings carry size 0 (generating every version's JSON for a listing costs too
+        much); a stat, which tools such as rsync and tar trust, generates it and has its true
+        size. Its mtime is when its content last changed as far as we know (tar checks it)."""
+        if ino == MOUNT_JSON_INO:
+            mtime = self.started_ns
+        elif ino == STATS_JSON_INO:
+            mtime = time.time_ns()
+        else:
+            mtime = self._split(ino)[0].mtime_ns
+        return Attr(ino, FILE, 0o444, size, mtime, 0.0)
+
+    async def _meta_attr(self, ino: int) -> Attr:
+        return self._meta_file_attr(ino, len(await self._meta_snapshot(ino)))
+
+    async def _meta_snapshot(self, ino: int) -> bytes:
+        # counters are copied here, on the loop that changes them; the rest may block
+        return await self.threads.run(self._meta_content, ino, dict(self.counters))
 
     def _node_attr(self, inst: Instance, node: int) -> Attr:
         ino = inst.id << 32 | node
-        if node == INFO_NODE:
-            return self._meta_file_attr(ino)
         if node == 0:
             return Attr(ino, DIR, 0o755, 0, inst.mtime_ns, TREE_TIMEOUT)
         assert inst.tree is not None
@@ -360,12 +375,16 @@ class Filesystem:
     async def getattr(self, ino: int) -> Attr:
         if ino in (ROOT_INO, META_INO):
             return self._root_attr(ino)
-        if ino in (MOUNT_JSON_INO, STATS_JSON_INO):
-            return self._meta_file_attr(ino)
+        if self._is_meta_file(ino):
+            return await self._meta_attr(ino)
         inst, node = self._split(ino)
-        if node not in (0, INFO_NODE):
+        if node != 0:
             await self._tree(inst)
         return self._node_attr(inst, node)
+
+    @staticmethod
+    def _is_meta_file(ino: int) -> bool:
+        return ino in (MOUNT_JSON_INO, STATS_JSON_INO) or bool(ino >> 32 and ino & 0xFFFFFFFF == INFO_NODE)
 
     def negative_timeout(self, parent: int) -> float:
         """How long the kernel may remember that a name does not exist in `parent`."""
@@ -379,11 +398,11 @@ class Filesystem:
             return None if inst is None else replace(self._node_attr(inst, 0), timeout=ROOT_TIMEOUT)
         if parent == META_INO:
             if name in ("mount.json", "stats.json"):
-                return self._meta_file_attr(MOUNT_JSON_INO if name == "mount.json" else STATS_JSON_INO)
+                return await self._meta_attr(MOUNT_JSON_INO if name == "mount.json" else STATS_JSON_INO)
             if not name.endswith(".json"):
                 return None
             inst = await self._lookup_instance(name.removesuffix(".json"))
-            return None if inst is None else self._node_attr(inst, INFO_NODE)
+            return None if inst is None else await self._meta_attr(inst.id << 32 | INFO_NODE)
         inst, node = self._split(parent)
         tree = await self._tree(inst)
         if name == "..":
@@ -405,7 +424,8 @@ class Filesystem:
                 ("stats.json", self._meta_file_attr(STATS_JSON_INO)),
             ]
             return files + [
-                (f"{i.dirname}.json", self._node_attr(i, INFO_NODE)) for i in await self._root_entries()
+                (f"{i.dirname}.json", self._meta_file_attr(i.id << 32 | INFO_NODE))
+                for i in await self._root_entries()
             ]
         inst, node = self._split(ino)
         tree = await self._tree(inst)
@@ -451,9 +471,8 @@ class Filesystem:
         return fh
 
     async def open(self, ino: int) -> Opened:
-        if ino in (MOUNT_JSON_INO, STATS_JSON_INO) or (ino >> 32 and ino & 0xFFFFFFFF == INFO_NODE):
-            # counters are copied here, on the loop that changes them; the rest may block
-            data = await self.threads.run(self._meta_content, ino, dict(self.counters))
+        if self._is_meta_file(ino):
+            data = await self._meta_snapshot(ino)
             return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)
         inst, node = self._split(ino)
         tree = inst.tree or await self._tree(inst)  # the kernel may open an inode known from before

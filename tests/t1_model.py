@@ -176,3 +176,32 @@ def test_a_file_entry_must_carry_a_content_hash(bad: str) -> None:
         Entry("x", "file", 1, 0o644, bad)
     with pytest.raises(CorruptDataError):
         Entry("x", "file", 1, 0o644, "ab" * 16, ("cd" * 16, bad))
+
+
+def test_names_longer_than_255_bytes_are_refused_on_write_and_on_read() -> None:
+    assert validate_path("a" * 255 + "/b") and validate_path("é" * 127)  # 254 bytes
+    for bad in ["a" * 256, "d/" + "é" * 128 + "/x", "x/" + "a" * 300]:
+        with pytest.raises(InvalidPathError, match="longer than 255 bytes"):
+            validate_path(bad)
+    entry = {"kind": "file", "path": "d/" + "n" * 300, "size": 1, "mode": 420, "hash": "ab" * 16}
+    doc = {"format": 1, "block_size": 1 << 20, "entries": [entry]}
+    with pytest.raises(InvalidPathError):
+        Manifest.from_bytes(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Could not connect to "http://h:9/b/k?AWSAccessKeyId=AKIA123&Signature=abc%3D&Expires=1"',
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIA123/x, Signature=deadbeef",
+        "GET https://storage.googleapis.com/b/o?access_token=ya29.secret&alt=media",
+        '{"aws_secret_access_key": "s3cr3t", "X-Amz-Security-Token": "tok"}',
+    ],
+)
+def test_redact_removes_signed_urls_and_credentials(text: str) -> None:
+    from artfs.logs import redact
+
+    clean = redact(text)
+    for secret in ("AKIA123", "abc%3D", "deadbeef", "ya29.secret", "s3cr3t", 'tok"'):
+        assert secret not in clean
+    assert "redacted" in clean

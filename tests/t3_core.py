@@ -424,3 +424,24 @@ def test_small_files_go_up_in_packs_on_a_remote_store(
         f.write_text("changed between hashing and uploading")
         with pytest.raises(ContentChangedError):
             store.blobs.upload_pack([entry], {entry.path: str(f)})
+
+
+def test_a_plain_path_becomes_a_store_only_when_it_is_new_empty_or_a_store(tmp_path: Path) -> None:
+    from artfs.errors import InvalidInputError, UnsupportedSchemeError
+
+    src = make_tree(tmp_path / "src", {"x": "1"})
+    project = make_tree(tmp_path / "project", {"train.py": "print()", "data/a.csv": "1"})
+    with pytest.raises(InvalidInputError, match="holds other files"):
+        push_dir(artfs.Store(str(project)), "ds", src)
+    assert sorted(p.name for p in project.iterdir()) == ["data", "train.py"]  # untouched
+    (tmp_path / "empty").mkdir()
+    assert push_dir(artfs.Store(str(tmp_path / "empty")), "ds", src).version == "v0"
+    assert push_dir(artfs.Store(str(tmp_path / "empty")), "other", src).version == "v0"  # a store now
+    assert push_dir(artfs.Store(str(tmp_path / "new" / "deep")), "ds", src).version == "v0"
+    for typo in ["s3:/bucket/x", "s3:bucket", "gs:/b/p", "file:/tmp/x"]:
+        with pytest.raises(UnsupportedSchemeError, match="looks like a URL"):
+            artfs.Store(typo)
+    for bad in ["s3://ab/x", "s3://Bad_Bucket/x", "gs://a/x", "s3://-x-/y"]:
+        with pytest.raises(InvalidInputError, match="not a valid bucket name"):
+            artfs.Store(bad)
+    assert not list(Path.cwd().glob("s3:*")) and not list(Path.cwd().glob("gs:*"))

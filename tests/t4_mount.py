@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -824,3 +825,98 @@ def test_a_store_outage_gets_eio_for_what_is_not_cached_and_the_rest_keeps_worki
     own_s3.start()  # the store is back: so is everything
     with open(v / "b.bin", "rb") as f:
         assert f.read() == files["b.bin"]
+
+
+def test_names_over_255_bytes_are_enametoolong_before_anything_else(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    longest = "n" * 255
+    push(store_url, "names", make_tree(tmp_path / "src", {longest: "max", "d/x": "1"}))
+    m = mount(store_url)
+    v = m.path / "names:v0"
+    assert (v / longest).read_text() == "max"  # NAME_MAX itself resolves
+    too_long = v / ("n" * 256)
+    attempts = {
+        "stat": lambda: os.stat(too_long),
+        "open": lambda: os.open(too_long, os.O_RDONLY),
+        "create": lambda: os.open(too_long, os.O_CREAT | os.O_WRONLY, 0o644),
+        "mkdir": lambda: os.mkdir(too_long),
+        "below a dir": lambda: os.stat(v / "d" / ("x" * 300)),
+        "at the root": lambda: os.stat(m.path / ("r" * 256)),
+    }
+    assert {k: _errno_of(op) for k, op in attempts.items()} == dict.fromkeys(attempts, errno.ENAMETOOLONG)
+    assert os.statvfs(v).f_namemax == 255
+
+
+def test_generated_json_files_report_their_true_size(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    push(store_url, "ds", make_tree(tmp_path / "src", {"a.txt": "a"}))
+    m = mount(store_url)
+    for name in ("mount.json", "stats.json", "ds:v0.json", "ds:latest.json"):
+        path = m.path / ".artfs" / name
+        data = path.read_bytes()
+        assert json.loads(data) and os.stat(path).st_size == len(data), name
+    copies = tmp_path / "copies"
+    run("rsync", "-a", f"{m.path / '.artfs'}/", str(copies))  # rsync trusts st_size
+    assert json.loads((copies / "ds:v0.json").read_bytes())["digest"]
+    run("tar", "-cf", str(tmp_path / "meta.tar"), "-C", str(m.path / ".artfs"), "ds:v0.json")
+    run("tar", "-xf", str(tmp_path / "meta.tar"), "-C", str(tmp_path))
+    assert json.loads((tmp_path / "ds:v0.json").read_bytes())["number"] == 0
+
+
+def test_the_cache_is_private_to_its_user(tmp_path: Path, store_url: str, mount: MountFactory) -> None:
+    files = {"big.bin": patterned(3), "small.txt": "secret\n"}
+    push(store_url, "ds", make_tree(tmp_path / "src", files))
+    m = mount(store_url, "--no-in-place")
+    assert (m.path / "ds:v0" / "big.bin").read_bytes() == files["big.bin"]
+    assert (m.path / "ds:v0" / "small.txt").read_text() == "secret\n"
+    wait_until(lambda: m.stats().get("blocks_cached", 0) >= 4)
+    assert (
+        run_cli(
+            "cache", "pin", "ds:v0", "--no-in-place", "--cache-dir", str(m.cache), store=store_url
+        ).returncode
+        == 0
+    )
+    m.umount()
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [m.cache, *m.cache.rglob("*")]}
+    assert len(modes) > 5
+    assert {str(p): oct(mode) for p, mode in modes.items() if mode & 0o077} == {}
+    assert {mode for p, mode in modes.items() if p.is_dir()} == {0o700}
+    assert {mode for p, mode in modes.items() if p.is_file()} == {0o600}
+
+    # a cache someone made wide on purpose is left as it is, with a warning
+    shared = tmp_path / "shared-cache"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    log = tmp_path / "wide.log"
+    argv = [*ARTFS, "--store", store_url, "mount", "--foreground", "--cache-dir", str(shared)]
+    (tmp_path / "mnt-wide").mkdir()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*argv, str(tmp_path / "mnt-wide")], stdout=out, stderr=out)
+    try:
+        wait_for_mount(tmp_path / "mnt-wide", proc, log)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(tmp_path / "mnt-wide")], check=False)
+        proc.wait(10)
+    assert "readable by other users" in log.read_text() and stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
+def test_a_folder_named_artfs_in_the_current_directory_breaks_nothing(tmp_path: Path, store_url: str) -> None:
+    push(store_url, "ds", make_tree(tmp_path / "src", {"a.txt": "hello\n"}))
+    home = tmp_path / "home"
+    (home / "artfs").mkdir(parents=True)  # the quick start's mount point, ~/artfs
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "ARTFS_CACHE": str(tmp_path / "cache")}
+    started = run_cli("mount", "artfs", store=store_url, cwd=home, env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert (home / "artfs" / "ds:v0" / "a.txt").read_text() == "hello\n"
+        api = subprocess.run(
+            [sys.executable, "-c", f"import artfs; print(artfs.Store({store_url!r}).names())"],
+            cwd=home, capture_output=True, text=True,
+        )  # fmt: skip
+        assert api.returncode == 0 and api.stdout.strip() == "['ds']", api.stderr
+        pid = json.loads((home / "artfs" / ".artfs" / "mount.json").read_bytes())["pid"]
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"  # the daemon keeps no directory busy
+    finally:
+        assert run_cli("umount", str(home / "artfs")).returncode == 0

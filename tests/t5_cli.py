@@ -143,6 +143,9 @@ def test_on_conflict_exit_codes(store_url: str, tmp_path: Path) -> None:
         (["info", "ds:no-such-alias"], 4, "no alias"),
         (["--store", "ftp://host/x", "ls"], 2, "unsupported store scheme"),
         (["push", "ds", ".", "--on-conflict", "maybe"], 2, "Invalid value"),
+        (["--s3-endpoint", "notaurl", "--store", "s3://artfs-test/x", "ls"], 2, "is not a URL"),
+        (["--store", "s3:/artfs-test/x", "ls"], 2, "looks like a URL"),
+        (["--store", "s3://ab/x", "ls"], 2, "not a valid bucket name"),
     ],
 )
 def test_bad_input_is_one_clear_line(
@@ -217,8 +220,12 @@ def test_s3_endpoint_option_and_permanent_store_errors(seaweedfs: str, tmp_path:
 
     started = time.monotonic()
     down = artfs("--s3-endpoint", "http://127.0.0.1:9", "--store", store, "ls")
-    assert down.returncode == 7 and "127.0.0.1:9" in down.stderr, down.stderr
+    assert down.returncode == 7 and "cannot connect to http://127.0.0.1:9" in down.stderr, down.stderr
     assert time.monotonic() - started < 60  # retried within a bound, then reported
+    assert "retrying for up to" in down.stderr  # said while it was retrying, once
+    assert down.stderr.count("retrying") == 1
+    for secret in ("Signature", "AWSAccessKeyId", "127.0.0.1:9/", "?"):  # no presigned URL, ever
+        assert secret not in down.stderr, down.stderr
 
 
 def test_a_push_through_a_store_outage_completes_or_leaves_no_version(
@@ -259,3 +266,21 @@ def test_a_push_through_a_store_outage_completes_or_leaves_no_version(
     assert out.strip() in ("ds:v0", "unchanged: ds:v0")
     check = run_cli("verify", "ds:latest", str(src), store=url, env=env)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_an_internal_error_is_exit_3_and_says_it_is_a_bug(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    import artfs.api
+    from artfs.cli import main
+
+    def broken(self: object) -> list[str]:
+        raise RuntimeError("an unexpected state")
+
+    monkeypatch.setattr(artfs.api.Store, "names", broken)
+    result = CliRunner().invoke(main, ["--store", str(tmp_path / "s"), "ls"])
+    assert result.exit_code == 3, result.output
+    assert "internal error: RuntimeError: an unexpected state" in result.output
+    assert "a bug in artfs" in result.output and "Traceback" not in result.output

@@ -84,6 +84,11 @@ class Backend(ABC):
         without an error. Lets a backend pay for durability once per batch, not once per object."""
         return contextlib.nullcontext()
 
+    def may_create_store(self) -> bool:
+        """Whether a new store may be made here (where none is yet). A bucket prefix may hold
+        other things; a local directory must be new or empty (see LocalBackend)."""
+        return True
+
     def local_path(self, key: str) -> str | None:
         """A path where the object can be read in place on this machine, or None."""
         return None

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
+from ..logs import redact
 from . import retry
 from .base import ObjectInfo, Payload, RemoteBackend, read_all
 
@@ -68,7 +69,7 @@ class GCSBackend(RemoteBackend):
             hint = "set GOOGLE_APPLICATION_CREDENTIALS or run `gcloud auth application-default login`"
             raise StoreError(f"{self.url}: no Google credentials ({hint})") from None
         except (requests.exceptions.RequestException, auth.TransportError, OSError) as e:
-            raise StoreUnavailableError(f"{self.url}: {key}: {e}") from None
+            raise StoreUnavailableError(f"{self.url}: {key}: {redact(str(e))}") from None
 
     def _check_bucket(self) -> None:
         """A download answers 404 for a missing bucket as for a missing key: tell them apart

@@ -208,6 +208,17 @@ class LocalBackend(Backend):
             data = path.read_bytes()
         return ObjectInfo(key, len(data), _etag(data))
 
+    def may_create_store(self) -> bool:
+        """A directory that does not exist yet, or is empty: `--store ./typo` or a store URL
+        pointing at someone's project must never sprinkle a store over their files."""
+        try:
+            with os.scandir(self.root) as entries:  # temp files (a creator's config) aside
+                return all(e.name.startswith(".") for e in entries)
+        except FileNotFoundError:
+            return True
+        except NotADirectoryError:
+            return False
+
     def local_path(self, key: str) -> str | None:
         return f"{self.root}/{validate_path(key)}"  # a string join: called on every open
 

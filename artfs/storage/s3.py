@@ -22,12 +22,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
-from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
+from ..errors import (
+    InvalidInputError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ..logs import redact
 from . import retry
 from .base import ObjectInfo, Payload, RemoteBackend, read_all
 
@@ -60,7 +68,16 @@ class S3Backend(RemoteBackend):
             s3={"addressing_style": "path"} if endpoint else None,
         )
         region = session.get_config_variable("region") or ("us-east-1" if endpoint else None)
-        self._client = session.create_client("s3", endpoint_url=endpoint, region_name=region, config=config)
+        try:
+            self._client = session.create_client(
+                "s3", endpoint_url=endpoint, region_name=region, config=config
+            )
+        except ValueError:  # botocore's "Invalid endpoint"
+            raise InvalidInputError(
+                f"S3 endpoint {endpoint!r} is not a URL (--s3-endpoint or $S3_ENDPOINT_URL, "
+                "e.g. http://127.0.0.1:8333)"
+            ) from None
+        self.endpoint = str(self._client.meta.endpoint_url)
         # The client's settings, resolved the way botocore resolves them for its own session.
         self._http = URLLib3Session(
             verify=session.get_config_variable("ca_bundle") or os.environ.get("REQUESTS_CA_BUNDLE", True),
@@ -96,7 +113,18 @@ class S3Backend(RemoteBackend):
             hint = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
             raise StoreError(f"{self.url}: no AWS credentials ({hint})") from None
         except (BotoCoreError, OSError) as e:  # connection refused or reset, timeouts, broken reads
-            raise StoreUnavailableError(f"{self.url}: {key}: {e}") from None
+            raise StoreUnavailableError(f"{self.url}: {key}: {self._reason(e)}") from None
+
+    def _reason(self, e: Exception) -> str:
+        """What went wrong with a request, without its URL (a presigned one carries the access
+        key id and a signature)."""
+        from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+        if isinstance(e, EndpointConnectionError | ConnectTimeoutError):
+            cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(e.kwargs.get("error", "")))
+            detail = cause.group(1).strip().lower() if cause else type(e).__name__
+            return f"cannot connect to {self.endpoint} ({detail})"
+        return redact(str(e))
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, key: str) -> Payload:
