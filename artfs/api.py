@@ -26,8 +26,9 @@ from .errors import ArtifactNotFoundError, InvalidInputError, InvalidPathError, 
 from .manifest import Difference, Entry, Manifest
 from .names import LATEST, Ref, validate_alias, validate_name, validate_path
 from .progress import ProgressFactory, silent
+from .sources import LocalFile, ScanOptions, Source, scan, source_for
 from .storage import normalize_url, open_backend
-from .worktree import Source, compare, materialize, prune, scan, source_for
+from .worktree import compare, materialize, prune
 
 
 class Store:
@@ -163,8 +164,21 @@ class Artifact:
         self._add(src)
         return src.path
 
-    def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None) -> list[str]:
-        added = list(scan(Path(local_path), name))
+    def add_dir(
+        self,
+        local_path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        exclude: Iterable[str] = (),
+        dereference: bool = False,
+        one_file_system: bool = False,
+    ) -> list[str]:
+        """Add a directory's contents (under `name`, default the root). `exclude`: gitignore-style
+        patterns, added to those of a `.artfsignore` at its top. Symlinks that leave it are
+        refused unless `dereference` (store what they point to). Never enters an artfs mount;
+        with `one_file_system`, no other filesystem either."""
+        options = ScanOptions(tuple(exclude), dereference, one_file_system)
+        added = list(scan(Path(local_path), name, options))
         for src in added:
             self._add(src)
         return [s.path for s in added]
@@ -181,7 +195,7 @@ class Artifact:
         local = self._tmp / f"{len(self._sources)}-{posixpath.basename(path)}"
         with open(local, mode, encoding=encoding) as f:
             yield f
-        self._add(Source(path, "file", local))
+        self._add(Source(path, "file", LocalFile(str(local))))
 
     def sources(self) -> list[Source]:
         if not self._sources:

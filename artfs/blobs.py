@@ -16,15 +16,16 @@ import io
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import BinaryIO
+from typing import Protocol
 
 from . import keys
 from .digest import FileDigest, StreamHasher, hash_bytes
 from .errors import ContentChangedError, CorruptDataError, ObjectNotFoundError, PreconditionFailedError
 from .manifest import Entry, Manifest
 from .storage import Backend
+from .workers import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +35,35 @@ SPAN_GAP = 256 * 1024  # bytes a GET may fetch for nothing to save a request (se
 VIEW_MIN = 64 * 1024  # pieces of a span this big are served as views of it (see `read_span`)
 
 
+class LocalFile(Protocol):
+    """A local file to upload (sources.LocalFile): opened on demand, named in messages."""
+
+    def open(self) -> int: ...
+
+
 class _VerifyingReader(io.RawIOBase):
     """Reads a source file for upload and raises at EOF if it is not the content that was hashed,
-    so a file changed between hashing and uploading can never be stored under the wrong name."""
+    so a file changed between hashing and uploading can never be stored under the wrong name.
+    Every read is reported to `on_bytes` (progress) and is a checkpoint: an interrupted push
+    stops uploading within a chunk."""
 
-    def __init__(self, f: BinaryIO, path: str, expected: FileDigest, block_size: int) -> None:
-        self._f = f
+    def __init__(
+        self, fd: int, path: str, expected: FileDigest, block_size: int, on_bytes: Callable[[int], object]
+    ) -> None:
+        self._f = io.FileIO(fd, "rb", closefd=False)
         self._path = path
         self._expected = expected
         self._hasher = StreamHasher(block_size)
+        self._on_bytes = on_bytes
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
+        checkpoint()
+        data = self._f.read(size) or b""
         self._hasher.update(data)
+        self._on_bytes(len(data))
         if self._hasher.size > self._expected.size or (not data and self._hasher.digest() != self._expected):
             raise ContentChangedError(f"{self._path} changed while it was being pushed; push again")
         return data
@@ -73,24 +87,34 @@ class BlobStore:
     def has(self, content_hash: str) -> bool:
         return self.backend.exists(keys.blob(content_hash))
 
-    def upload(self, path: str | os.PathLike[str], digest: FileDigest) -> None:
+    def upload(self, local: LocalFile, digest: FileDigest, on_bytes: Callable[[int], object] = int) -> None:
         """Store a file as the blob `digest.hash`, verifying its content on the way."""
-        with open(path, "rb") as f:
-            reader = _VerifyingReader(f, os.fspath(path), digest, self.block_size)
+        fd = local.open()
+        try:
+            reader = _VerifyingReader(fd, str(local), digest, self.block_size, on_bytes)
             # PreconditionFailed: another committer stored the same content first (same bytes).
             with contextlib.suppress(PreconditionFailedError):
                 self.backend.put_stream(keys.blob(digest.hash), reader, digest.size, if_absent=True)  # type: ignore[arg-type]
+        finally:
+            os.close(fd)
 
-    def upload_pack(self, entries: list[Entry], sources: dict[str, str]) -> list[Entry]:
+    def upload_pack(
+        self, entries: list[Entry], sources: Mapping[str, LocalFile], on_bytes: Callable[[int], object] = int
+    ) -> list[Entry]:
         """Store these files (read from `sources[path]`) as one pack; return the entries saying
         where each one is in it. A file that is not the content that was hashed raises."""
         contents = []
         for e in entries:
-            with open(sources[e.path], "rb") as f:
-                data = f.read(e.size + 1)
+            checkpoint()
+            fd = sources[e.path].open()
+            try:
+                data = os.pread(fd, e.size + 1, 0)
+            finally:
+                os.close(fd)
             if hash_bytes(data) != e.hash:
                 raise ContentChangedError(f"{sources[e.path]} changed while it was being pushed; push again")
             contents.append(data)
+            on_bytes(len(data))
         pack = b"".join(contents)
         name = hash_bytes(pack)
         with contextlib.suppress(PreconditionFailedError):  # the same pack went up before

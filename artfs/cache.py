@@ -64,6 +64,7 @@ MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped; smaller ones c
 STALE_TMP = 3600  # seconds after which a temporary file in the cache is a crash's leftover
 RECENT_BYTES = 256 * 1024 * 1024  # blocks kept in memory once fetched or read (see `recall`)
 DIRECT_ALIGN = 4096  # O_DIRECT writes: offsets, lengths and buffers aligned to this
+RECORD_BYTES = 4096  # disk space a blob's .present record takes once written (one fs block)
 
 
 class BlobFile(ABC):
@@ -298,7 +299,9 @@ class CachedBlob(_FileBlob):
             self._write(data, index * self.block_size)
             os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
 
-        if self._cache.keep(self.entry.hash, len(data), self._pinned, write):
+        # A record's first byte takes a filesystem block of its own: account for it with the data.
+        record = 0 if any(self.present) else RECORD_BYTES
+        if self._cache.keep(self.entry.hash, len(data) + record, self._pinned, write):
             self.present[index] = 1
             self.verified[index] = 1  # served from the file once out of memory
 
@@ -522,11 +525,12 @@ class BlockCache:
                     st = path.stat()
                 except FileNotFoundError:
                     continue
-                try:
-                    last = os.stat(f"{path}.present").st_mtime
+                try:  # the record's disk space counts too: the budget is what `du` says
+                    record = os.stat(f"{path}.present")
+                    last, size = record.st_mtime, (st.st_blocks + record.st_blocks) * 512
                 except FileNotFoundError:
-                    last = st.st_mtime  # a small blob: the file is its own clock
-                out.append(CachedBlobInfo(name, st.st_blocks * 512, last))
+                    last, size = st.st_mtime, st.st_blocks * 512  # a small blob: its own clock
+                out.append(CachedBlobInfo(name, size, last))
         out.sort(key=lambda b: b.last_used)
         return out
 

@@ -196,6 +196,26 @@ def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
     help="When NAME exists: new = next version; skip = do nothing; error = fail; "
     "replace = new version, older ones deleted.",
 )
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out what matches, gitignore-style: '*.tmp', '.git/', '/build' (from the top only). "
+    "Repeatable; added to the lines of a .artfsignore at the top of each directory pushed.",
+)
+@click.option(
+    "-L",
+    "--dereference",
+    is_flag=True,
+    help="Store what symlinks point to instead of the links (as cp -L). Without it, a link that "
+    "leaves the directory is an error.",
+)
+@click.option(
+    "-x",
+    "--one-file-system",
+    is_flag=True,
+    help="Do not enter other filesystems below a directory (artfs mounts are never entered).",
+)
 @click.pass_context
 def push(
     ctx: click.Context,
@@ -206,21 +226,27 @@ def push(
     metadata: tuple[str, ...],
     aliases: tuple[str, ...],
     on_conflict: str,
+    exclude: tuple[str, ...],
+    dereference: bool,
+    one_file_system: bool,
 ) -> None:
     """Commit files and directories as the next version of NAME.
 
-    A directory's contents go to the root of the version; a file goes in under its name.
-    Content identical to the newest version creates nothing. Prints NAME:vN, or
-    "unchanged: NAME:vK".
+    A directory's contents go to the root of the version; a file goes in under its name (a
+    symlink given by name is followed). Inside directories, symlinks are stored as links when
+    they stay inside, files keep whether they are executable (stored as mode 755 or 644, as git
+    does), and empty directories are kept. Content identical to the newest version creates
+    nothing. Prints NAME:vN, or "unchanged: NAME:vK".
 
     \b
     Example:
       artfs push bike-dataset ./data README.md -t dataset -m rows=1000 -a best
+      artfs push model ./run --exclude '*.ckpt' --exclude .git/
     """
     art = Artifact(name, type=type_, description=description, metadata=parse_metadata(metadata))
     for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            art.add_dir(path)
+        if path.is_dir():  # a link to a directory given by name is that directory
+            art.add_dir(path, exclude=exclude, dereference=dereference, one_file_system=one_file_system)
         else:
             art.add_file(path)
     v = store_of(ctx).log_artifact(art, aliases, on_conflict=on_conflict, progress=progress_bar)

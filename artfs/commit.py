@@ -12,7 +12,6 @@ import getpass
 import os
 import socket
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +24,8 @@ from .errors import ArtifactExistsError, InvalidInputError, TypeMismatchError
 from .manifest import Entry, Manifest
 from .names import LATEST, validate_alias, validate_name
 from .progress import ProgressFactory, silent
-from .worktree import Source, hash_sources
+from .sources import LocalFile, Source, hash_sources
+from .workers import Pool
 
 ON_CONFLICT = ("new", "skip", "error", "replace")
 UPLOAD_WORKERS = 8
@@ -71,27 +71,23 @@ def upload_missing(
             continue
         small = blobs.packs and e.size <= PACK_FILE
         (packed if small else singles)[e.hash] = e
-    local = {e.path: str(sources[e.path].local) for e in (*singles.values(), *packed.values())}
-    with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+    local: dict[str, LocalFile] = {}
+    for e in (*singles.values(), *packed.values()):
+        file = sources[e.path].local
+        assert file is not None, "a file source has a local file"
+        local[e.path] = file
+    with Pool(UPLOAD_WORKERS) as pool:
         present = dict(zip(singles, pool.map(blobs.has, singles), strict=True))
-        missing = [e for h, e in singles.items() if not present[h]]
-        packs = _packs(list(packed.values()))
-        total = sum(e.size for e in missing) + sum(e.size for e in packed.values())
-        with progress(total=total, desc="uploading") as bar:
-
-            def upload(e: Entry) -> None:
-                blobs.upload(local[e.path], FileDigest(e.hash, e.size, e.blocks))
-                bar.update(e.size)
-
-            def upload_pack(entries: list[Entry]) -> list[Entry]:
-                done = blobs.upload_pack(entries, local)
-                bar.update(sum(e.size for e in entries))
-                return done
-
-            with blobs.backend.batch():
-                list(pool.map(upload, missing))
-                for done in pool.map(upload_pack, packs):
-                    placed.update((e.hash, e) for e in done)
+    missing = [e for h, e in singles.items() if not present[h]]
+    packs = _packs(list(packed.values()))
+    total = sum(e.size for e in missing) + sum(e.size for e in packed.values())
+    # The pool ends (its tasks stopped and their temp files gone) before the batch does.
+    with progress(total=total, desc="uploading") as bar, blobs.backend.batch(), Pool(UPLOAD_WORKERS) as pool:
+        pool.run(
+            lambda e: blobs.upload(local[e.path], FileDigest(e.hash, e.size, e.blocks), bar.update), missing
+        )
+        for done in pool.map(lambda entries: blobs.upload_pack(entries, local, bar.update), packs):
+            placed.update((e.hash, e) for e in done)
     return Manifest.build(
         (replace(e, pack=placed[e.hash].pack, offset=placed[e.hash].offset) if e.hash in placed else e)
         for e in manifest

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError
+from .mounttable import is_artfs_mount, mounts
 
 log = logging.getLogger(__name__)
 
-FSTYPE = "fuse.artfs"
 READ_AHEAD_KB = 1024
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 MALLOC_MMAP_MIN = 32 * 1024 * 1024  # allocations this big are mapped on their own (glibc's upper limit)
@@ -44,25 +44,6 @@ class MountOptions:
     in_place: bool = True
     allow_other: bool = False
     threads: int = 16
-
-
-# -- the mount table ---------------------------------------------------------------------------
-def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
-
-
-def mounts() -> dict[str, tuple[str, str]]:
-    """Mount point → (filesystem type, device major:minor), from /proc/self/mountinfo."""
-    out = {}
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        sep = fields.index("-")
-        out[_unescape(fields[4])] = (fields[sep + 1], fields[2])
-    return out
-
-
-def is_artfs_mount(mountpoint: str) -> bool:
-    return mounts().get(os.path.abspath(mountpoint), ("", ""))[0] == FSTYPE
 
 
 def _fusermount_u(mountpoint: str) -> subprocess.CompletedProcess[str]:
@@ -99,7 +80,10 @@ def notify(state: str) -> None:
 # -- serving -----------------------------------------------------------------------------------
 def raise_read_ahead(mountpoint: str) -> None:
     """Let the kernel send 1 MiB reads instead of 128 KiB (root only; best effort)."""
-    device = mounts().get(mountpoint, ("", ""))[1]
+    info = mounts().get(mountpoint)
+    if info is None:
+        return
+    device = info.device
     path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
     try:
         path.write_text(str(READ_AHEAD_KB))

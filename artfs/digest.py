@@ -9,6 +9,7 @@ any disk); callers hash many files at once in worker threads.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import xxhash
@@ -62,12 +63,27 @@ class StreamHasher:
         return FileDigest(self._whole.hexdigest(), self.size, tuple(blocks) if len(blocks) > 1 else ())
 
 
-def hash_file(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE) -> FileDigest:
-    """Hash a file in one pass, reusing one buffer no larger than the file (small files are many)."""
+def hash_fd(
+    fd: int, block_size: int = DEFAULT_BLOCK_SIZE, on_bytes: Callable[[int], object] | None = None
+) -> FileDigest:
+    """Hash an open file from its start in one pass, reusing one buffer no larger than the file
+    (small files are many). `on_bytes(n)` is told of every chunk read (progress; it may raise to
+    stop)."""
     hasher = StreamHasher(block_size)
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(min(block_size, os.fstat(f.fileno()).st_size + 1))
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            hasher.update(view[:n])
+    buf = bytearray(min(block_size, os.fstat(fd).st_size + 1))
+    view = memoryview(buf)
+    offset = 0
+    while n := os.preadv(fd, [buf], offset):
+        hasher.update(view[:n])
+        offset += n
+        if on_bytes is not None:
+            on_bytes(n)
     return hasher.digest()
+
+
+def hash_file(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE) -> FileDigest:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return hash_fd(fd, block_size)
+    finally:
+        os.close(fd)

@@ -1,7 +1,5 @@
 """A directory on local disk and how it relates to a version: scan it, fill it, compare it.
 
-- `scan` turns a directory into sources for a push (files, relative in-tree symlinks, empty
-  directories); symlinks leaving the tree are followed when they name a file.
 - `materialize` writes a version into a directory: missing or different files are written through
   a temp file and renamed into place, so an interrupted download never leaves a half file;
   `prune` then removes what the version does not have (checkout).
@@ -15,98 +13,15 @@ import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from .blobs import BlobStore
-from .digest import DEFAULT_BLOCK_SIZE, hash_file
-from .errors import InvalidPathError, SourceNotFoundError
+from .digest import DEFAULT_BLOCK_SIZE
 from .manifest import Difference, Entry, Manifest, normal_mode
-from .names import join_path, validate_link_target
 from .progress import Bar, ProgressFactory, silent
+from .sources import ScanOptions, Source, hash_sources, scan
 
 WORKERS = min(16, (os.cpu_count() or 2) * 2)
-
-
-@dataclass(frozen=True)
-class Source:
-    """One path of an artifact being built, and where its content comes from."""
-
-    path: str
-    kind: str = "file"  # file | link | dir
-    local: Path | None = None
-    target: str = ""
-
-
-def scan(root: Path, prefix: str | None = None, *, follow: bool = True) -> Iterator[Source]:
-    """Sources for every file, symlink and empty directory below `root`.
-
-    follow: store what a symlink leaving the tree points at (push); else report it as it is.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise SourceNotFoundError(f"{root}: no such directory")
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        if rel_dir and not dirnames and not filenames:
-            yield Source(join_path(prefix, rel_dir), "dir")
-        linked_dirs = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-        for name in sorted(filenames) + linked_dirs:
-            local = Path(dirpath) / name
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            yield _source(local, join_path(prefix, rel), rel, follow)
-
-
-def _source(local: Path, path: str, rel: str, follow: bool = True) -> Source:
-    st = local.lstat()
-    if stat.S_ISLNK(st.st_mode):
-        target = os.readlink(local)
-        if not follow:
-            return Source(path, "link", target=target)
-        try:
-            return Source(path, "link", target=validate_link_target(rel, target))
-        except InvalidPathError:
-            pass  # leaves the tree: store what it points at instead
-        if local.is_file():
-            return Source(path, "file", local)
-        raise InvalidPathError(
-            f"{local}: symlink to {target!r} leaves the directory and is not a file; "
-            "push its target separately"
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidPathError(f"{local}: not a regular file, directory or symlink")
-    return Source(path, "file", local)
-
-
-def source_for(local: Path, name: str | None = None) -> Source:
-    """A single local file added under `name` (default: its basename)."""
-    if not local.exists() and not local.is_symlink():
-        raise SourceNotFoundError(f"{local}: no such file")
-    if local.is_dir():
-        raise InvalidPathError(f"{local} is a directory; add it as a directory")
-    path = join_path(None, name) if name and not name.endswith("/") else join_path(name, local.name)
-    return _source(local, path, os.path.basename(path))
-
-
-def hash_sources(sources: list[Source], block_size: int, progress: ProgressFactory = silent) -> list[Entry]:
-    """Manifest entries for sources, hashing files on a pool of threads."""
-
-    stats = {s.path: os.stat(s.local) for s in sources if s.local is not None}
-
-    def entry(src: Source) -> Entry:
-        if src.local is None:
-            return Entry(src.path, src.kind, target=src.target)
-        st = stats[src.path]
-        digest = hash_file(src.local, block_size)
-        bar.update(digest.size)
-        return Entry(
-            src.path, "file", digest.size, normal_mode(st.st_mode), digest.hash, digest.blocks, st.st_mtime_ns
-        )
-
-    total = sum(st.st_size for st in stats.values())
-    with progress(total=total, desc="hashing") as bar, ThreadPoolExecutor(WORKERS) as pool:
-        return list(pool.map(entry, sources))
 
 
 # -- writing a version into a directory --------------------------------------------------------
@@ -233,7 +148,7 @@ def _parents(path: str) -> Iterator[str]:
 # -- comparing ---------------------------------------------------------------------------------
 def compare(manifest: Manifest, root: Path, progress: ProgressFactory = silent) -> list[Difference]:
     """Every difference between `root` and `manifest`, hashing each local file in full."""
-    local = {s.path: s for s in scan(root, follow=False)}
+    local = {s.path: s for s in scan(root, options=ScanOptions(links_as_found=True))}
     diffs = [Difference(e.path, "missing") for e in manifest if e.path not in local]
     diffs += [Difference(p, "extra") for p in local if p not in manifest]
     files: list[tuple[Entry, Source]] = []

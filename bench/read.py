@@ -22,7 +22,8 @@ from pathlib import Path
 
 from access import MiB, parser, read_file, read_many, timed, workdir
 
-from artfs.daemon import is_artfs_mount, mounts, raise_read_ahead
+from artfs.daemon import raise_read_ahead
+from artfs.mounttable import is_artfs_mount, mounts
 
 ARTFS = [sys.executable, "-m", "artfs"]
 
@@ -61,7 +62,7 @@ def measure(root: Path, small: list[str]) -> dict[str, float]:
 
 
 def wait_mounted(path: Path, proc: subprocess.Popen[bytes], fstype: str) -> None:
-    while mounts().get(str(path), ("",))[0] != fstype:
+    while getattr(mounts().get(str(path)), "fstype", "") != fstype:
         if proc.poll() is not None:
             raise SystemExit(f"{fstype} mount on {path} failed")
         time.sleep(0.02)

@@ -27,6 +27,7 @@ from artfs.errors import (
     VersionNotFoundError,
 )
 from artfs.manifest import Entry
+from artfs.sources import LocalFile
 
 from .conftest import GCS_BUCKET, S3_BUCKET, make_tree
 
@@ -300,7 +301,7 @@ def test_file_changed_during_push_is_not_stored(store: artfs.Store, tmp_path: Pa
     f.write_text("changed!")  # same size, different content: changed between hash and upload
     store._open(write=True)
     with pytest.raises(ContentChangedError):
-        store.blobs.upload(f, digest)
+        store.blobs.upload(LocalFile(str(f)), digest)
     assert not store.blobs.has(digest.hash)
 
 
@@ -335,7 +336,9 @@ def test_disk_full_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="disk full"):
         push_dir(store, "ds", src)
     assert [v.version for v in store.versions("ds")] == ["v0"]
-    leftovers = [p for p in small_disk.rglob("*") if p.name.startswith(".")]
+    leftovers = [
+        p for p in small_disk.rglob("*") if p.is_file() and (p.name.startswith(".") or ".tmp" in p.parts)
+    ]
     assert leftovers == []
 
 
@@ -423,7 +426,7 @@ def test_small_files_go_up_in_packs_on_a_remote_store(
         entry = entries["d/f00.txt"]
         f.write_text("changed between hashing and uploading")
         with pytest.raises(ContentChangedError):
-            store.blobs.upload_pack([entry], {entry.path: str(f)})
+            store.blobs.upload_pack([entry], {entry.path: LocalFile(str(f))})
 
 
 def test_a_plain_path_becomes_a_store_only_when_it_is_new_empty_or_a_store(tmp_path: Path) -> None:
@@ -445,3 +448,120 @@ def test_a_plain_path_becomes_a_store_only_when_it_is_new_empty_or_a_store(tmp_p
         with pytest.raises(InvalidInputError, match="not a valid bucket name"):
             artfs.Store(bad)
     assert not list(Path.cwd().glob("s3:*")) and not list(Path.cwd().glob("gs:*"))
+
+
+def test_symlinks_that_leave_the_directory_are_refused_alike_unless_dereferenced(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    outside = make_tree(tmp_path / "outside", {"secret.txt": "outside\n", "dir/f.txt": "in a dir\n"})
+    for link in ["../outside/secret.txt", str(outside / "secret.txt")]:  # relative and absolute
+        src = make_tree(tmp_path / f"src{len(link)}", {"a.txt": "a", "leaves": f"->{link}"})
+        with pytest.raises(InvalidPathError, match=r"leaves -> .*--dereference"):
+            push_dir(store, "ds", src)
+    with pytest.raises(StoreNotFoundError):
+        store.names()  # refused before anything was written
+
+    src = make_tree(
+        tmp_path / "src",
+        {"a.txt": "a", "in": "->a.txt", "abs": f"->{outside / 'secret.txt'}", "up": "->../outside/dir"},
+    )
+    art = artfs.Artifact("deref")
+    art.add_dir(src, dereference=True)  # like cp -L: every link becomes what it points to
+    v = store.log_artifact(art)
+    assert {e.path: e.kind for e in v.manifest} == {
+        "a.txt": "file",
+        "abs": "file",
+        "in": "file",
+        "up/f.txt": "file",
+    }
+    assert v.open("abs").read() == b"outside\n" and v.open("up/f.txt").read() == b"in a dir\n"
+    (src / "loop").symlink_to(".")
+    with pytest.raises(InvalidPathError, match="symlink loop"):
+        artfs.Artifact("loop").add_dir(src, dereference=True)
+    single = artfs.Artifact("single")  # a file given by name is its content, link or not
+    single.add_file(src / "in")
+    assert store.log_artifact(single).open("in").read() == b"a"
+
+
+def test_exclude_patterns_and_artfsignore(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(
+        tmp_path / "src",
+        {
+            ".artfsignore": "# caches and junk\n.git/\n*.tmp\n!keep.tmp\n/build\n",
+            ".git/config": "x",
+            "a.tmp": "t",
+            "keep.tmp": "k",
+            "build/out.o": "o",
+            "sub/build/kept.o": "o",
+            "secret.env": "PASSWORD=x",
+            "data.csv": "1,2",
+            "__pycache__/m.pyc": "c",
+        },
+    )
+    art = artfs.Artifact("ds")
+    art.add_dir(src, exclude=["secret.env", "__pycache__/"])
+    v = store.log_artifact(art)
+    assert [e.path for e in v.manifest] == [".artfsignore", "data.csv", "keep.tmp", "sub/build/kept.o"]
+
+
+def test_a_tree_whose_absolute_paths_exceed_path_max_pushes(store: artfs.Store, tmp_path: Path) -> None:
+    def deep(fd: int, names: list[str]) -> int:
+        for name in names:
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return fd
+
+    top = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = deep(top, [f"{i}" + "r" * 200 for i in range(17)])  # the root: ~3,500 bytes from /
+    root = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    fd = deep(fd, [f"{i}" + "d" * 200 for i in range(4)])  # ~800 more inside it
+    with open(os.open("data.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("deep\n")
+    assert len(str(root)) < 4096 < len(str(root)) + 820
+    v = push_dir(store, "deep", root)
+    (entry,) = v.files()
+    assert entry.path.endswith("/data.txt") and v.open(entry.path).read() == b"deep\n"
+
+
+def test_progress_counts_bytes_as_they_are_hashed_and_uploaded(
+    small_block_store: artfs.Store, tmp_path: Path
+) -> None:
+    src = make_tree(tmp_path / "src", {"big.bin": os.urandom(160 * BLOCK)})  # 10 MiB
+    updates: dict[str, list[int]] = {}
+
+    class Recorder:
+        def __init__(self, *, total: int, desc: str) -> None:
+            self.desc = desc
+            updates[desc] = []
+
+        def update(self, n: int) -> None:
+            updates[self.desc].append(n)
+
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    art = artfs.Artifact("ds")
+    art.add_dir(src)
+    small_block_store.log_artifact(art, progress=Recorder)
+    assert sum(updates["hashing"]) == sum(updates["uploading"]) == 160 * BLOCK
+    assert len([n for n in updates["hashing"] if n]) >= 160  # a block at a time, not a file
+    assert len([n for n in updates["uploading"] if n]) >= 2
+
+
+def test_a_failed_upload_leaves_no_temp_files_in_the_store(store: artfs.Store, tmp_path: Path) -> None:
+    good = make_tree(tmp_path, {"good": os.urandom(5000)}) / "good"
+    bad = make_tree(tmp_path, {"bad": "original"}) / "bad"
+    good_digest, bad_digest = hash_file(good), hash_file(bad)
+    bad.write_text("changed!")
+    store._open(write=True)
+    blobs = store.blobs
+    with pytest.raises(ContentChangedError), blobs.backend.batch():
+        blobs.upload(LocalFile(str(good)), good_digest)  # written, waiting for the batch's end
+        blobs.upload(LocalFile(str(bad)), bad_digest)
+    root = Path(store.url.removeprefix("file://"))
+    assert [p for p in root.rglob("*") if p.is_file() and p.name != "config"] == []

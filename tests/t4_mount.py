@@ -29,10 +29,10 @@ import artfs
 from artfs import cache as cache_module
 from artfs import keys
 from artfs.cache import BlockCache
-from artfs.daemon import is_artfs_mount
 from artfs.digest import DEFAULT_BLOCK_SIZE as BLOCK
 from artfs.digest import hash_file
 from artfs.manifest import Entry
+from artfs.mounttable import is_artfs_mount
 from artfs.storage import open_backend
 from artfs.vfs import SIBLINGS
 
@@ -920,3 +920,18 @@ def test_a_folder_named_artfs_in_the_current_directory_breaks_nothing(tmp_path: 
         assert os.readlink(f"/proc/{pid}/cwd") == "/"  # the daemon keeps no directory busy
     finally:
         assert run_cli("umount", str(home / "artfs")).returncode == 0
+
+
+def test_a_push_never_reads_through_an_artfs_mount(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    src = make_tree(tmp_path / "project", {"train.py": "print('hi')\n"})
+    push(store_url, "ds", make_tree(tmp_path / "data", {"big.bin": patterned(2)}))
+    m = mount(store_url, path=src / "artifacts")  # the store mounted inside the project
+    r = run_cli("push", "project", str(src), store=store_url)
+    assert r.returncode == 0 and "is an artfs mount" in r.stderr, r.stderr
+    files = json.loads(run_cli("files", "project:v0", "--json", store=store_url).stdout)
+    assert [f["path"] for f in files] == ["train.py"]
+    assert m.stats().get("read_requests", 0) == 0  # not a byte read through the mount
+    r = run_cli("push", "copy", str(m.path / "ds:v0"), store=store_url)
+    assert r.returncode == 2 and "is on an artfs mount" in r.stderr

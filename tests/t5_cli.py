@@ -187,7 +187,7 @@ def test_push_killed_mid_upload_leaves_no_version(store_url: str, tmp_path: Path
     store_root = Path(store_url.removeprefix("file://"))
     proc = subprocess.Popen([*ARTFS, "--store", store_url, "push", "ds", str(src)])
     deadline = time.monotonic() + 60
-    while not any(store_root.glob("blobs/*/.*.tmp")):  # the upload has begun
+    while not any(store_root.glob(".tmp/*.tmp")):  # the upload has begun
         assert proc.poll() is None and time.monotonic() < deadline, "push ended before it could be killed"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -284,3 +284,47 @@ def test_an_internal_error_is_exit_3_and_says_it_is_a_bug(
     assert result.exit_code == 3, result.output
     assert "internal error: RuntimeError: an unexpected state" in result.output
     assert "a bug in artfs" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_stops_a_push_at_once_leaving_no_temp_files_and_no_version(
+    store_url: str, tmp_path: Path
+) -> None:
+    chunk = os.urandom(64 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big.bin", "wb") as f:
+        for _ in range(8):  # 512 MiB
+            f.write(chunk)
+    store_root = Path(store_url.removeprefix("file://"))
+    proc = subprocess.Popen(
+        [*ARTFS, "--store", store_url, "push", "ds", str(src)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not any(store_root.glob(".tmp/*.tmp")):  # the upload has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "push ended before it could be stopped"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert "Traceback" not in err
+    assert [p for p in store_root.rglob("*") if p.is_file() and p.name != "config"] == []
+    assert run_cli("ls", "ds", store=store_url).returncode == 4  # no version, no blob, no temp file
+
+
+def test_one_file_system_keeps_a_push_off_other_filesystems(store_url: str, small_disk: Path) -> None:
+    src = small_disk.parent / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    inner = src / "mounted"
+    inner.mkdir()
+    subprocess.run(["mount", "--bind", str(small_disk), str(inner)], check=True)
+    try:
+        (inner / "other.txt").write_text("on another filesystem")
+        r = run_cli("push", "ds", str(src), "--one-file-system", store=store_url)
+        assert r.returncode == 0 and "not pushing" in r.stderr and "another filesystem" in r.stderr, r.stderr
+        files = json.loads(run_cli("files", "ds:v0", "--json", store=store_url).stdout)
+        assert [f["path"] for f in files] == ["a.txt"]
+        r = run_cli("push", "ds", str(src), store=store_url)
+        assert r.stdout.strip() == "ds:v1"  # without -x it is one tree
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)

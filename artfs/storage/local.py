@@ -5,7 +5,9 @@ linked (put-if-absent: `link` fails on an existing name) or renamed (replace) in
 directory is fsynced. Compare-and-swap holds an exclusive `flock` on the key's directory while
 it compares and renames, so it is atomic across processes. Etags are content hashes, so a
 compare-and-swap succeeds exactly when the value is the one the caller read.
-Temp files start with "." and are never listed; anything left behind by a crash is garbage.
+Temp files live in `.tmp/` at the root (hidden, never listed, on the same filesystem as every
+key, so a rename publishes them); what a crash or a kill leaves there is garbage, removed by the
+first batch (push) once a day old.
 
 Within `batch()`, blobs skip the per-file fsyncs (≈0.23 ms each here; 10,000 small files paid
 more for fsync than for anything but creating the files): data goes to temp files, one syncfs
@@ -20,9 +22,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +38,8 @@ from ..names import validate_path
 from .base import Backend, ObjectInfo, Payload
 
 CHUNK = 4 * 1024 * 1024
+STALE_TMP = 24 * 3600  # seconds
+log = logging.getLogger(__name__)
 
 
 def _etag(data: bytes | bytearray | memoryview) -> str:
@@ -76,6 +82,7 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
+        self._tmp = self.root / ".tmp"
         self._batch: list[tuple[Path, Path]] | None = None
         self._batch_lock = threading.Lock()
 
@@ -112,7 +119,8 @@ class LocalBackend(Backend):
         self, path: Path, chunks: Iterator[bytes | memoryview], durable: bool = True
     ) -> tuple[Path, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        self._tmp.mkdir(exist_ok=True)
+        tmp = self._tmp / f"{path.name}.{secrets.token_hex(6)}.tmp"
         hasher = xxhash.xxh3_64()
         try:
             with open(tmp, "xb") as f:
@@ -185,6 +193,7 @@ class LocalBackend(Backend):
         if self._batch is not None:  # joins the open batch, which publishes
             yield
             return
+        self._sweep()
         pending: list[tuple[Path, Path]] = []
         self._batch = pending
         try:
@@ -201,6 +210,20 @@ class LocalBackend(Backend):
             self._batch = None
             for tmp, _ in pending:
                 tmp.unlink(missing_ok=True)
+
+    def _sweep(self) -> None:
+        """Remove temp files a killed writer left, once they are STALE_TMP old (a live writer's
+        are younger)."""
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return
+        cutoff = time.time() - STALE_TMP
+        for e in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(e.path)
+                    log.info("removed %s, left by an interrupted write", e.path)
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)

@@ -1,0 +1,267 @@
+"""What a push reads: local files and directories turned into sources, and their hashes.
+
+- `scan` walks a directory relative to directory descriptors, never by absolute path, so a tree
+  whose absolute paths exceed PATH_MAX pushes exactly as `cd dir && artfs push NAME .` does; its
+  files are later opened relative to the directory it was given (a `Root`, held open).
+- Symlinks: one that resolves inside the pushed directory is stored as a link. One that leaves
+  it (relative or absolute) is refused, naming it, unless `dereference`: then every link is
+  replaced by what it points to, as `cp -L` does (a link to a directory is walked; cycles are
+  refused).
+- Mounts: a directory on an artfs mount is never entered (that would read the store through
+  itself), and with `one_file_system` no other filesystem either (as `find -xdev`). Each skipped
+  one is logged as a warning.
+- Excludes: gitignore-style patterns (`--exclude`, and the lines of a `.artfsignore` at the top
+  of the directory): `*.tmp`, `.git/`, `__pycache__/`, `/build` (from the top only), `!keep.tmp`.
+- `add_file`'s single file is its content: a symlink given by name is followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+from .digest import DEFAULT_BLOCK_SIZE, hash_fd
+from .errors import InvalidPathError, SourceNotFoundError
+from .manifest import Entry, normal_mode
+from .mounttable import artfs_devices
+from .names import join_path, validate_link_target
+from .progress import ProgressFactory, silent
+from .workers import Pool, checkpoint
+
+log = logging.getLogger(__name__)
+
+IGNORE_FILE = ".artfsignore"
+WORKERS = min(16, (os.cpu_count() or 2) * 2)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class Root:
+    """A directory held open for as long as anything refers to it; files below it are opened
+    relative to its descriptor."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A file to read: `rel` below `root`, or a path of its own when root is None."""
+
+    rel: str
+    root: Root | None = None
+
+    def open(self) -> int:
+        return os.open(self.rel, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.root.fd if self.root else None)
+
+    def size(self) -> int:
+        """Its size now, or 0 if it cannot be seen (the read that follows will say why)."""
+        try:
+            return os.stat(self.rel, dir_fd=self.root.fd if self.root else None).st_size
+        except OSError:
+            return 0
+
+    def __str__(self) -> str:
+        return os.path.join(self.root.path, self.rel) if self.root else self.rel
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One path of an artifact being built, and where its content comes from."""
+
+    path: str
+    kind: str = "file"  # file | link | dir
+    local: LocalFile | None = None
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    exclude: tuple[str, ...] = ()
+    dereference: bool = False
+    one_file_system: bool = False
+    links_as_found: bool = False  # report every link as it is (verify); no policy applied
+
+
+def _ignore_spec(root: Root, options: ScanOptions) -> pathspec.PathSpec | None:
+    lines = list(options.exclude)
+    try:
+        fd = os.open(IGNORE_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=root.fd)
+    except FileNotFoundError:
+        pass
+    else:
+        with open(fd, encoding="utf-8", errors="surrogateescape") as f:
+            lines += f.read().splitlines()
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+
+def scan(
+    root_path: Path, prefix: str | None = None, options: ScanOptions = ScanOptions()
+) -> Iterator[Source]:
+    """Sources for every file, symlink and empty directory below `root_path`, in path order
+    within each directory. Raises InvalidPathError for what cannot be stored (naming it)."""
+    try:
+        root = Root(root_path)
+    except FileNotFoundError:
+        raise SourceNotFoundError(f"{root_path}: no such directory") from None
+    except NotADirectoryError:
+        raise InvalidPathError(f"{root_path} is not a directory") from None
+    top = os.fstat(root.fd)
+    mounts = artfs_devices()
+    if top.st_dev in mounts:
+        raise InvalidPathError(
+            f"{root_path} is on an artfs mount: its content is in the store already "
+            "(give it another name with `artfs alias`, or push from the original files)"
+        )
+    ignore = _ignore_spec(root, options)
+    # A stack of directories still to list: (descriptor, path from the root, ancestors' ids).
+    stack: list[tuple[int, str, frozenset[tuple[int, int]]]] = [
+        (os.open(".", _DIR_FLAGS, dir_fd=root.fd), "", frozenset({(top.st_dev, top.st_ino)}))
+    ]
+    try:
+        while stack:
+            dir_fd, rel_dir, ancestors = stack.pop()
+            try:
+                found, subdirs = _list(root, dir_fd, rel_dir, ancestors, ignore, options, top.st_dev, mounts)
+            finally:
+                os.close(dir_fd)
+            for source in found:
+                yield Source(join_path(prefix, source.path), source.kind, source.local, source.target)
+            stack.extend(reversed(subdirs))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def _list(
+    root: Root,
+    dir_fd: int,
+    rel_dir: str,
+    ancestors: frozenset[tuple[int, int]],
+    ignore: pathspec.PathSpec | None,
+    options: ScanOptions,
+    device: int,
+    mounts: set[int],
+) -> tuple[list[Source], list[tuple[int, str, frozenset[tuple[int, int]]]]]:
+    """One directory: its sources (an empty one is a "dir" source) and its subdirectories to
+    walk, opened. Subdirectories come back open so the walk never resolves a long path."""
+    with os.scandir(dir_fd) as it:
+        names = sorted(e.name for e in it)
+    found: list[Source] = []
+    subdirs: list[tuple[int, str, frozenset[tuple[int, int]]]] = []
+    try:
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                if not options.dereference:
+                    if not (ignore and ignore.match_file(rel)):
+                        found.append(_link(root, dir_fd, name, rel, options))
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    raise InvalidPathError(f"{os.path.join(root.path, rel)}: a symlink to nothing") from None
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if ignore and ignore.match_file(f"{rel}/" if is_dir else rel):
+                continue
+            if is_dir:
+                where = os.path.join(root.path, rel)
+                if st.st_dev in mounts:
+                    log.warning(
+                        "not pushing %s: it is an artfs mount (artfs never reads the store through itself)",
+                        where,
+                    )
+                elif options.one_file_system and st.st_dev != device:
+                    log.warning("not pushing %s: another filesystem (--one-file-system)", where)
+                elif (st.st_dev, st.st_ino) in ancestors:
+                    raise InvalidPathError(f"{where}: a symlink loop (it leads back to a directory above it)")
+                else:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # follows the link when dereferencing
+                    subdirs.append((fd, rel, ancestors | {(st.st_dev, st.st_ino)}))
+            elif stat.S_ISREG(st.st_mode):
+                found.append(Source(rel, "file", LocalFile(rel, root)))
+            else:
+                raise InvalidPathError(
+                    f"{os.path.join(root.path, rel)}: not a regular file, directory or symlink "
+                    "(leave it out with --exclude)"
+                )
+    except BaseException:
+        for fd, _, _ in subdirs:
+            os.close(fd)
+        raise
+    if rel_dir and not found and not subdirs:
+        found.append(Source(rel_dir, "dir"))
+    return found, subdirs
+
+
+def _link(root: Root, dir_fd: int, name: str, rel: str, options: ScanOptions) -> Source:
+    target = os.readlink(name, dir_fd=dir_fd)
+    if options.links_as_found:
+        return Source(rel, "link", target=target)
+    try:
+        return Source(rel, "link", target=validate_link_target(rel, target))
+    except InvalidPathError:
+        raise InvalidPathError(
+            f"{os.path.join(root.path, rel)} -> {target}: the symlink leaves the directory; "
+            "push what it points to with --dereference, or leave it out with --exclude"
+        ) from None
+
+
+def source_for(local: Path, name: str | None = None) -> Source:
+    """A single local file added under `name` (default: its basename); a symlink is followed."""
+    try:
+        st = os.stat(local)
+    except FileNotFoundError:
+        raise SourceNotFoundError(f"{local}: no such file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidPathError(f"{local} is a directory; add it as a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidPathError(f"{local}: not a regular file")
+    path = join_path(None, name) if name and not name.endswith("/") else join_path(name, local.name)
+    return Source(path, "file", LocalFile(os.path.abspath(local)))
+
+
+def hash_sources(
+    sources: Iterable[Source], block_size: int = DEFAULT_BLOCK_SIZE, progress: ProgressFactory = silent
+) -> list[Entry]:
+    """Manifest entries for sources, files hashed on a pool of threads; the progress bar counts
+    bytes as they are read. Interrupting the caller stops the hashing within a chunk."""
+    sources = list(sources)
+    total = sum(s.local.size() for s in sources if s.local is not None)
+
+    def entry(src: Source) -> Entry:
+        if src.local is None:
+            return Entry(src.path, src.kind, target=src.target)
+        try:
+            fd = src.local.open()
+        except FileNotFoundError:
+            raise SourceNotFoundError(f"{src.local}: vanished while it was being pushed") from None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise InvalidPathError(f"{src.local}: path too long") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            digest = hash_fd(fd, block_size, read)
+        finally:
+            os.close(fd)
+        return Entry(
+            src.path, "file", digest.size, normal_mode(st.st_mode), digest.hash, digest.blocks, st.st_mtime_ns
+        )
+
+    def read(n: int) -> None:
+        bar.update(n)
+        checkpoint()
+
+    with progress(total=total, desc="hashing") as bar, Pool(WORKERS) as pool:
+        return list(pool.map(entry, sources))
