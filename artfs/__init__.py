@@ -8,9 +8,8 @@ v = store.log_artifact(art, aliases=["best"])   # Version bike-dataset:v0
 store.artifact("bike-dataset:latest").download("out/")
 """
 
-__version__ = "0.1.0"
-
-from .api import Artifact, ArtifactFile, Store, Version
+from ._version import __version__
+from .api import Artifact, ArtifactFile, FileData, Store, Version
 from .errors import (
     ArtfsError,
     ArtifactExistsError,
@@ -26,6 +25,7 @@ from .errors import (
     StoreFormatError,
     StoreNotFoundError,
     TypeMismatchError,
+    VerificationError,
     VersionInUseError,
     VersionNotFoundError,
 )
@@ -42,6 +42,7 @@ __all__ = [
     "CorruptDataError",
     "Difference",
     "Entry",
+    "FileData",
     "InvalidInputError",
     "InvalidNameError",
     "InvalidPathError",
@@ -52,6 +53,7 @@ __all__ = [
     "StoreFormatError",
     "StoreNotFoundError",
     "TypeMismatchError",
+    "VerificationError",
     "Version",
     "VersionInUseError",
     "VersionNotFoundError",

@@ -14,21 +14,28 @@ import tempfile
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
 from .blobs import BlobStore
 from .catalog import Catalog, VersionRecord
-from .commit import commit
+from .commit import CommitResult, commit
 from .config import StoreConfig, default_store_url
-from .errors import ArtifactNotFoundError, InvalidInputError, InvalidPathError, NotFoundError
+from .errors import (
+    ArtifactNotFoundError,
+    InvalidInputError,
+    InvalidPathError,
+    NotFoundError,
+    VerificationError,
+)
 from .manifest import Difference, Entry, Manifest
 from .names import LATEST, Ref, validate_alias, validate_name, validate_path
 from .progress import ProgressFactory, silent
 from .sources import LocalFile, ScanOptions, Source, scan, source_for
 from .storage import normalize_url, open_backend
-from .worktree import compare, materialize, prune
+from .worktree import Changes, differences, materialize
 
 
 class Store:
@@ -98,12 +105,16 @@ class Store:
         aliases: Iterable[str] = (),
         *,
         on_conflict: str = "new",
+        delete_aliases: bool = False,
         progress: ProgressFactory = silent,
     ) -> Version:
         """Commit `artifact` as the next version of its name and return that Version.
 
-        Identical content to the newest version creates nothing and returns it (with `aliases`
-        added). on_conflict: new (default) | skip | error | replace.
+        Identical content to the newest version creates nothing and returns it, with `aliases`
+        pointed at it and the artifact's description and metadata applied to it (metadata keys
+        are added or replaced). on_conflict: new (default) | skip | error | replace (older
+        versions are deleted; those that aliases name only with `delete_aliases`). The returned
+        Version's `created` says whether it is new; `commit` holds what else happened.
         """
         self._open(write=True)
         result = commit(
@@ -116,11 +127,20 @@ class Store:
             metadata=artifact.metadata,
             aliases=aliases,
             on_conflict=on_conflict,
+            delete_aliases=delete_aliases,
             progress=progress,
         )
         version = self.artifact(result.record.label)
         version.created = result.created
+        version.commit = result
         return version
+
+    def use_artifact(self, ref_or_artifact: str | Artifact) -> Version:
+        """W&B's use_artifact: a ref (`name:alias`) gives that version; an Artifact is logged
+        unless its content is already the newest version (idempotent: call it every run)."""
+        if isinstance(ref_or_artifact, Artifact):
+            return self.log_artifact(ref_or_artifact)
+        return self.artifact(ref_or_artifact)
 
 
 def _aliases_by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
@@ -235,6 +255,23 @@ class ArtifactFile:
         return self.entry.to_dict()
 
 
+@dataclass(frozen=True)
+class FileData:
+    """One file as Neptune's fetch_files_list describes it. `size` is in bytes (Neptune's is in
+    kilobytes); `metadata` holds "file_path" (where the bytes are: the reference's URI, or None
+    for a stored file) and "last_modified" (the file's mtime, as "YYYY-MM-DD HH:MM:SS" UTC)."""
+
+    file_hash: str
+    file_path: str
+    size: int
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, entry: Entry) -> FileData:
+        modified = datetime.fromtimestamp(entry.mtime / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return cls(entry.hash, entry.path, entry.size, {"file_path": None, "last_modified": modified})
+
+
 class Version:
     """A logged version. Attributes mirror W&B's: change `aliases`, `metadata`, `description`,
     then `save()`."""
@@ -248,6 +285,7 @@ class Version:
         self.metadata: dict[str, Any] = dict(record.metadata)
         self.description: str = record.description
         self.created = False  # set by log_artifact: did this call write a new version?
+        self.commit: CommitResult | None = None  # set by log_artifact: what else it did
 
     def __repr__(self) -> str:
         return f"<Version {self.qualified_name}>"
@@ -290,6 +328,17 @@ class Version:
             raise NotFoundError(f"{self.qualified_name} has no file {path!r}")
         return ArtifactFile(self, entry)
 
+    get_entry = get_path  # W&B's newer name
+
+    def fetch_hash(self) -> str:
+        """Neptune's fetch_hash: the version's digest (content and paths, never mtimes)."""
+        return self.digest
+
+    def fetch_files_list(self) -> list[FileData]:
+        """Neptune's fetch_files_list: one FileData per file (hash, path, size, and the source
+        URI and last-modified time in `metadata`)."""
+        return [FileData.of(e) for e in self.manifest.files()]
+
     def open(self, path: str) -> io.BufferedReader:
         """A verified, lazily fetched binary reader for one file (symlinks are followed)."""
         entry = self.get_path(path).entry
@@ -305,22 +354,75 @@ class Version:
     def default_root(self) -> Path:
         return Path("artifacts") / f"{self.name}:{self.version}"
 
-    def download(self, root: str | os.PathLike[str] | None = None, progress: ProgressFactory = silent) -> str:
-        """Add the version's files to `root`, replacing ones that differ; extra files stay."""
-        root = Path(root or self.default_root())
-        materialize(self.store.blobs, self.manifest, root, progress)
-        return str(root)
+    def materialize(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        exact: bool = False,
+        force: bool = False,
+        dry_run: bool = False,
+        path_prefix: str | None = None,
+        progress: ProgressFactory = silent,
+    ) -> Changes:
+        """What `download` (exact=False) and `checkout` (exact=True) do, returning what changed
+        (or would change, with dry_run): added, replaced and removed paths."""
+        manifest = self.manifest
+        if path_prefix:
+            manifest = Manifest.build(
+                (e for e in manifest if e.path.startswith(path_prefix)), manifest.block_size
+            )
+        return materialize(
+            self.store.blobs,
+            manifest,
+            Path(root or self.default_root()),
+            exact=exact,
+            label=(self.name, self.number),
+            force=force,
+            dry_run=dry_run,
+            progress=progress,
+        )
 
-    def checkout(self, root: str | os.PathLike[str] | None = None, progress: ProgressFactory = silent) -> str:
-        """Make `root` exactly this version: files it does not have are DELETED."""
-        root = Path(root or self.default_root())
-        materialize(self.store.blobs, self.manifest, root, progress)
-        prune(self.manifest, root)
-        return str(root)
+    def download(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        progress: ProgressFactory = silent,
+        *,
+        path_prefix: str | None = None,
+    ) -> str:
+        """Add the version's files to `root` (default ./artifacts/NAME:vN), replacing ones that
+        differ; everything else there stays. `path_prefix`: only paths starting with it.
+        Returns the directory."""
+        return str(self.materialize(root, path_prefix=path_prefix, progress=progress).root)
 
-    def verify(self, root: str | os.PathLike[str], progress: ProgressFactory = silent) -> list[Difference]:
-        """Every difference between `root` and this version (empty when they match)."""
-        return compare(self.manifest, Path(root), progress)
+    def checkout(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        progress: ProgressFactory = silent,
+        *,
+        force: bool = False,
+    ) -> str:
+        """Make `root` exactly this version: what the version does not have is DELETED. Refuses
+        to delete or replace anything in a directory artfs has not filled from this artifact
+        before, unless `force`. Returns the directory."""
+        return str(self.materialize(root, exact=True, force=force, progress=progress).root)
+
+    def differences(
+        self, root: str | os.PathLike[str], exclude: Iterable[str] = (), progress: ProgressFactory = silent
+    ) -> list[Difference]:
+        """Every difference between `root` and this version (empty when they match), hashing
+        every file: missing, extra, modified, mode (executable or not), type, target. What a
+        push leaves out (a `.artfsignore` at the top, `exclude`) is left out here too."""
+        return differences(self.manifest, Path(root), exclude, progress)
+
+    def verify(self, root: str | os.PathLike[str] | None = None, progress: ProgressFactory = silent) -> None:
+        """Raise VerificationError (a ValueError, as W&B's verify raises) listing the
+        differences when `root` (default ./artifacts/NAME:vN) does not match this version."""
+        root = Path(root or self.default_root())
+        found = self.differences(root, progress=progress)
+        if found:
+            shown = "; ".join(f"{d.change} {d.path}" for d in found[:5]) + ("; …" if len(found) > 5 else "")
+            paths = "1 path" if len(found) == 1 else f"{len(found)} paths"
+            raise VerificationError(f"{root} differs from {self.qualified_name} in {paths}: {shown}", found)
 
     def save(self) -> None:
         """Persist changes to aliases, metadata and description (compare-and-swap: a concurrent

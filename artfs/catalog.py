@@ -182,6 +182,25 @@ class Catalog:
         """Replace a version record if nobody changed it since it was read (etag)."""
         return self.backend.put_json(keys.version(rec.name, rec.number), rec.to_dict(), if_match=etag)
 
+    def amend(
+        self, name: str, number: int, change: Callable[[VersionRecord], VersionRecord]
+    ) -> VersionRecord:
+        """Apply `change` to a version record with compare-and-swap, reading it again and
+        re-applying on conflict, so concurrent amendments of different fields all land."""
+        for attempt in range(CAS_ATTEMPTS):
+            rec, etag = self.read(name, number)
+            if rec.state != COMMITTED:
+                raise VersionNotFoundError(f"{rec.label} was deleted")
+            new = change(rec)
+            if new == rec:
+                return rec
+            try:
+                self.update(new, etag)
+                return new
+            except PreconditionFailedError:
+                _backoff(attempt)
+        raise StoreError(f"{name}:v{number} keeps changing; gave up after {CAS_ATTEMPTS} tries")
+
     def set_alias(self, name: str, alias: str, number: int, *, forward_only: bool = False) -> bool:
         """Point `alias` at `number` with compare-and-swap, retrying on conflict.
 

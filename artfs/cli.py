@@ -1,12 +1,18 @@
 """The `artfs` command. Errors change form here: a domain error becomes one line on stderr and
 its exit code (0 ok · 1 differences found or nothing done as asked · 2 usage or invalid input ·
-3 other error · 4 not found · 5 conflict · 6 corrupt data · 7 store unusable)."""
+3 other error · 4 not found · 5 conflict · 6 corrupt data · 7 store unusable · 130 interrupted).
+
+Global options (--store, --s3-endpoint, -v) are taken anywhere on the command line: every
+command carries a copy, and a value typed after the command wins over one before it.
+Every command that reports something takes --json; the shapes are in the README.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -14,30 +20,33 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.filesize import decimal as human_size
 from rich.table import Table
 
-from . import __version__
+from ._version import __version__
 from .api import Artifact, Store, Version
 from .cache import BlockCache, parse_size
 from .config import default_cache_dir
 from .daemon import MountOptions, check_mountpoint, foreground_argv, serve, start_detached, unmount
-from .errors import ArtfsError, InvalidInputError
+from .errors import ArtfsError, InvalidInputError, NotFoundError
 from .logs import redact
 from .logs import setup as setup_logging
+from .manifest import Difference
 from .names import LATEST, Ref
 from .workers import Cancelled
+from .worktree import Changes
 
 log = logging.getLogger(__name__)
 out = Console(highlight=False, soft_wrap=True)
 
 EXIT_CODES = """\b
 Exit codes: 0 ok · 1 differences found / nothing done as asked · 2 usage or invalid input ·
-3 error · 4 not found · 5 conflict (exists, in use, changed) · 6 corrupt data · 7 store unusable"""
-
-
+3 error · 4 not found · 5 conflict (exists, in use, changed) · 6 corrupt data · 7 store unusable ·
+130 interrupted (Ctrl-C)"""
 EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT
+LISTED = 50  # per kind of change, paths shown before "… and N more" (--json lists them all)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -45,8 +54,88 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# -- global options, anywhere on the command line ---------------------------------------------
+class Session:
+    """What the global options say, and the store they name, opened on first use."""
+
+    def __init__(self) -> None:
+        self.store_url: str | None = None
+        self.verbose = 0
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.store_url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    session = ctx.ensure_object(Session)
+    if param.name == "verbose":
+        if value:
+            session.verbose += value
+            setup_logging(session.verbose)
+        return
+    # A command's copy counts only when typed; the group's also comes from the environment.
+    if value is None or (
+        ctx.parent is not None and ctx.get_parameter_source(param.name or "") != ParameterSource.COMMANDLINE
+    ):
+        return
+    if param.name == "store":
+        session.store_url = value
+    elif param.name == "s3_endpoint":  # the environment carries it to daemons started from here
+        os.environ["S3_ENDPOINT_URL"] = value
+
+
+def global_options(top: bool) -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["--store"],
+            envvar="ARTFS_STORE" if top else None,
+            metavar="URL",
+            expose_value=False,
+            callback=_global,
+            help="Store: file:///path (or a path), s3://bucket/prefix, gs://bucket/prefix. Default: "
+            "$ARTFS_STORE, else the embedded store in $XDG_DATA_HOME/artfs/store.",
+        ),
+        click.Option(
+            ["--s3-endpoint"],
+            envvar="S3_ENDPOINT_URL" if top else None,
+            metavar="URL",
+            expose_value=False,
+            callback=_global,
+            help="S3-compatible server for s3:// stores (MinIO, SeaweedFS, …). Default: "
+            "$S3_ENDPOINT_URL, else AWS. Credentials: the AWS chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, …).",
+        ),
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            callback=_global,
+            help="More log output: -v each retry and step, -vv debug, -vvv the SDKs' too.",
+        ),
+    ]
+
+
+class ArtfsCommand(click.Command):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(global_options(top=False))
+
+
 class ArtfsGroup(click.Group):
     """Turns domain errors into one line on stderr and the documented exit code."""
+
+    command_class = ArtfsCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -72,6 +161,15 @@ class ArtfsGroup(click.Group):
             fail(f"internal error: {type(e).__name__}: {e} (a bug in artfs; -vv shows the traceback)", 3)
 
 
+class ArtfsSubgroup(ArtfsGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(global_options(top=False))
+
+
+ArtfsGroup.group_class = ArtfsSubgroup
+
+
 def progress_bar(*, total: int, desc: str) -> Any:
     """tqdm, shown only on a terminal and only when the transfer lasts more than a moment."""
     from tqdm import tqdm
@@ -89,7 +187,7 @@ def progress_bar(*, total: int, desc: str) -> Any:
 
 
 def store_of(ctx: click.Context) -> Store:
-    return ctx.ensure_object(Store)
+    return ctx.ensure_object(Session).store
 
 
 def emit_json(doc: Any) -> None:
@@ -111,24 +209,9 @@ def table(*columns: str) -> Table:
 
 
 @click.group(cls=ArtfsGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--store",
-    envvar="ARTFS_STORE",
-    metavar="URL",
-    help="Store to use: file:///path (or a path), s3://bucket/prefix. Default: $ARTFS_STORE, else "
-    "the embedded store in $XDG_DATA_HOME/artfs/store.",
-)
-@click.option(
-    "--s3-endpoint",
-    envvar="S3_ENDPOINT_URL",
-    metavar="URL",
-    help="S3-compatible server for s3:// stores (MinIO, SeaweedFS, …). Default: $S3_ENDPOINT_URL, "
-    "else AWS. Credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, …).",
-)
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="artfs")
 @click.pass_context
-def main(ctx: click.Context, store: str | None, s3_endpoint: str | None, verbose: int) -> None:
+def main(ctx: click.Context) -> None:
     """Versioned artifacts (datasets, models, results) you can use as directories.
 
     \b
@@ -137,15 +220,21 @@ def main(ctx: click.Context, store: str | None, s3_endpoint: str | None, verbose
       artfs ls bike-dataset
       artfs download bike-dataset:latest ./work
       artfs verify bike-dataset:v0 ./work
+      artfs mount ~/artifacts && ls ~/artifacts/bike-dataset:latest
+
+    Global options (--store, --s3-endpoint, -v) go anywhere: `artfs ls --store s3://b/p`.
     """
-    setup_logging(verbose)
-    if s3_endpoint:  # the environment carries it to daemons started from here too
-        os.environ["S3_ENDPOINT_URL"] = s3_endpoint
-    ctx.obj = Store(store)
-    ctx.call_on_close(ctx.obj.close)
+    session = ctx.ensure_object(Session)
+    if not session.verbose:
+        setup_logging(0)
+    ctx.call_on_close(session.close)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+main.params.extend(global_options(top=True))
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (see the README)."
+)
 ref_argument = click.argument("ref", metavar="NAME:REF")
 
 
@@ -162,6 +251,15 @@ def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
     return meta
 
 
+metadata_option = click.option(
+    "-m",
+    "--metadata",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata; VALUE is JSON when it parses (1, true, [1,2]), else text. Repeatable.",
+)
+
+
 @main.command()
 @click.argument("name")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -173,13 +271,7 @@ def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
     help="dataset, model, result, … (default: the artifact's type, or dataset).",
 )
 @click.option("-d", "--description", default="", help="Free text shown with the version.")
-@click.option(
-    "-m",
-    "--metadata",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Metadata; VALUE is JSON when it parses (1, true, [1,2]), else text. Repeatable.",
-)
+@metadata_option
 @click.option(
     "-a",
     "--alias",
@@ -193,8 +285,13 @@ def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
     type=click.Choice(["new", "skip", "error", "replace"]),
     default="new",
     show_default=True,
-    help="When NAME exists: new = next version; skip = do nothing; error = fail; "
+    help="When NAME exists: new = next version; skip = push nothing (exit 1); error = fail; "
     "replace = new version, older ones deleted.",
+)
+@click.option(
+    "--delete-aliases",
+    is_flag=True,
+    help="With --on-conflict replace: also delete versions that aliases name (and the aliases).",
 )
 @click.option(
     "--exclude",
@@ -216,6 +313,7 @@ def parse_metadata(items: Sequence[str]) -> dict[str, Any]:
     is_flag=True,
     help="Do not enter other filesystems below a directory (artfs mounts are never entered).",
 )
+@json_option
 @click.pass_context
 def push(
     ctx: click.Context,
@@ -226,20 +324,25 @@ def push(
     metadata: tuple[str, ...],
     aliases: tuple[str, ...],
     on_conflict: str,
+    delete_aliases: bool,
     exclude: tuple[str, ...],
     dereference: bool,
     one_file_system: bool,
+    as_json: bool,
 ) -> None:
     """Commit files and directories as the next version of NAME.
 
     A directory's contents go to the root of the version; a file goes in under its name (a
     symlink given by name is followed). Inside directories, symlinks are stored as links when
     they stay inside, files keep whether they are executable (stored as mode 755 or 644, as git
-    does), and empty directories are kept. Content identical to the newest version creates
-    nothing. Prints NAME:vN, or "unchanged: NAME:vK".
+    does) and their mtimes, and empty directories are kept.
+
+    Content identical to the newest version creates nothing: it prints "unchanged: NAME:vK",
+    and -a, -d and -m are applied to that version (metadata keys added or replaced). Otherwise
+    it prints NAME:vN.
 
     \b
-    Example:
+    Examples:
       artfs push bike-dataset ./data README.md -t dataset -m rows=1000 -a best
       artfs push model ./run --exclude '*.ckpt' --exclude .git/
     """
@@ -249,9 +352,33 @@ def push(
             art.add_dir(path, exclude=exclude, dereference=dereference, one_file_system=one_file_system)
         else:
             art.add_file(path)
-    v = store_of(ctx).log_artifact(art, aliases, on_conflict=on_conflict, progress=progress_bar)
-    click.echo(v.qualified_name if v.created else f"unchanged: {v.qualified_name}")
-    if not v.created and on_conflict == "skip":
+    v = store_of(ctx).log_artifact(
+        art, aliases, on_conflict=on_conflict, delete_aliases=delete_aliases, progress=progress_bar
+    )
+    result = v.commit
+    assert result is not None
+    if as_json:
+        emit_json(
+            {
+                "version": v.qualified_name,
+                "created": result.created,
+                "skipped": result.skipped,
+                "aliases_moved": list(result.aliases_moved),
+                "amended": list(result.amended),
+                "deleted": list(result.deleted),
+                "digest": v.digest,
+            }
+        )
+    elif result.skipped:
+        click.echo(f"skipped: {name} exists (newest: {v.qualified_name}); nothing was pushed")
+    else:
+        click.echo(v.qualified_name if result.created else f"unchanged: {v.qualified_name}")
+        notes = [f"alias {a} now names {v.qualified_name}" for a in result.aliases_moved]
+        notes += [f"{field} of {v.qualified_name} updated" for field in result.amended]
+        notes += [f"deleted {label}" for label in result.deleted]
+        for note in notes:
+            click.echo(f"artfs: {note}", err=True)
+    if result.skipped:
         sys.exit(1)
 
 
@@ -310,18 +437,7 @@ def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
     return None
 
 
-@main.command()
-@ref_argument
-@json_option
-@click.pass_context
-def info(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """Show a version: digest, type, aliases, size, description, metadata, producer.
-
-    \b
-    Example:
-      artfs info bike-dataset:latest
-    """
-    v = store_of(ctx).artifact(ref)
+def show_version(v: Version, as_json: bool) -> None:
     if as_json:
         return emit_json(v.to_dict())
     t = table("", "")
@@ -331,7 +447,7 @@ def info(ctx: click.Context, ref: str, as_json: bool) -> None:
         ("type", v.type),
         ("aliases", ", ".join(v.aliases)),
         ("digest", v.digest),
-        ("size", f"{human_size(v.size)} in {v.file_count} files"),
+        ("size", f"{human_size(v.size)} in {plural(v.file_count, 'file')}"),
         ("created", f"{when(v.created_at)} by {v.producer.get('user', '?')}@{v.producer.get('host', '?')}"),
         ("description", v.description),
     ] + [(f"metadata.{k}", json.dumps(val)) for k, val in sorted(v.metadata.items())]:
@@ -344,8 +460,62 @@ def info(ctx: click.Context, ref: str, as_json: bool) -> None:
 @ref_argument
 @json_option
 @click.pass_context
+def info(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show a version: digest (Neptune's fetch_hash), type, aliases, size, description,
+    metadata, producer. `artfs edit` changes description and metadata.
+
+    \b
+    Example:
+      artfs info bike-dataset:latest
+    """
+    show_version(store_of(ctx).artifact(ref), as_json)
+
+
+@main.command()
+@ref_argument
+@click.option("-d", "--description", default=None, help="New description.")
+@metadata_option
+@click.option("--unset", multiple=True, metavar="KEY", help="Remove a metadata key. Repeatable.")
+@json_option
+@click.pass_context
+def edit(
+    ctx: click.Context,
+    ref: str,
+    description: str | None,
+    metadata: tuple[str, ...],
+    unset: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Change a version's description and metadata (its content never changes).
+
+    Like the API's Version.save(): a concurrent change to the same version is a conflict
+    (exit 5) rather than silently overwritten; run it again.
+
+    \b
+    Example:
+      artfs edit bike-dataset:v3 -d "cleaned" -m rows=990 -m source=survey --unset draft
+    """
+    v = store_of(ctx).artifact(ref)
+    if description is None and not metadata and not unset:
+        raise click.UsageError("say what to change: -d TEXT, -m KEY=VALUE or --unset KEY")
+    missing = [k for k in unset if k not in v.metadata]
+    if missing:
+        raise NotFoundError(f"{v.qualified_name} has no metadata {', '.join(missing)}")
+    if description is not None:
+        v.description = description
+    v.metadata.update(parse_metadata(metadata))
+    for key in unset:
+        del v.metadata[key]
+    v.save()
+    show_version(v, as_json)
+
+
+@main.command()
+@ref_argument
+@json_option
+@click.pass_context
 def files(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """List the files of a version with size, mode and content hash.
+    """List the files of a version with size, mode and content hash (xxh3-128, as xxh128sum).
 
     \b
     Example:
@@ -367,81 +537,178 @@ def files(ctx: click.Context, ref: str, as_json: bool) -> None:
 
 
 @main.command()
+@ref_argument
+@click.argument("path")
+@click.pass_context
+def cat(ctx: click.Context, ref: str, path: str) -> None:
+    """Write one file of a version to standard output, verified, without mounting or
+    downloading the rest (symlinks inside the version are followed).
+
+    \b
+    Example:
+      artfs cat bike-dataset:latest rides.csv | head
+    """
+    with store_of(ctx).artifact(ref).open(path) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+    sys.stdout.buffer.flush()
+
+
+def differences_json(diffs: list[Difference]) -> list[dict[str, str]]:
+    return [{"path": d.path, "change": d.change} for d in diffs]
+
+
+@main.command()
 @click.argument("a", metavar="NAME:A")
 @click.argument("b", metavar="NAME:B")
+@json_option
 @click.pass_context
-def diff(ctx: click.Context, a: str, b: str) -> None:
-    """Show what changed between two versions (exit 1 when they differ).
+def diff(ctx: click.Context, a: str, b: str, as_json: bool) -> None:
+    """Show what changed from one version to another: added, removed, modified, mode, type,
+    target (exit 1 when they differ).
 
     \b
     Example:
       artfs diff bike-dataset:v1 bike-dataset:latest
     """
     changes = store_of(ctx).diff(a, b)
-    for d in changes:
+    if as_json:
+        emit_json(differences_json(changes))
+    for d in [] if as_json else changes:
         click.echo(str(d))
     sys.exit(1 if changes else 0)
+
+
+def report(v: Version, changes: Changes, as_json: bool) -> None:
+    """What a download or checkout did (or would do)."""
+    if as_json:
+        return emit_json({"version": v.qualified_name, **changes.to_dict()})
+    verb = {"added": "added", "replaced": "replaced", "removed": "removed"}
+    if changes.dry_run:
+        verb = {"added": "would add", "replaced": "would replace", "removed": "would remove"}
+    for kind in ("removed", "replaced", "added"):
+        paths: list[str] = getattr(changes, kind)
+        shown = paths if changes.dry_run else paths[:LISTED]
+        for p in shown:
+            click.echo(f"{verb[kind]:13} {p}")
+        if len(paths) > len(shown):
+            click.echo(f"{'':13} … and {len(paths) - len(shown)} more (--json lists them all)")
+    counts = ", ".join(
+        f"{len(getattr(changes, k))} {verb[k]}"
+        for k in ("added", "replaced", "removed")
+        if getattr(changes, k)
+    )
+    summary = f"{counts or 'nothing to change'}, {changes.unchanged} unchanged"
+    click.echo(f"{v.qualified_name} → {changes.root}: {summary}{' (dry run)' if changes.dry_run else ''}")
+    return None
 
 
 @main.command()
 @ref_argument
 @click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--path-prefix", metavar="PREFIX", help="Only the paths that start with PREFIX (as W&B's path_prefix)."
+)
+@json_option
 @click.pass_context
-def download(ctx: click.Context, ref: str, dest: Path | None) -> None:
+def download(ctx: click.Context, ref: str, dest: Path | None, path_prefix: str | None, as_json: bool) -> None:
     """Add a version's files to DEST (default ./artifacts/NAME:vN).
 
     Files that differ from the version are replaced; files the version does not have are left
-    alone (use checkout to remove them).
+    alone (checkout removes them). Everything is fetched before anything in DEST changes, so an
+    error or Ctrl-C leaves DEST as it was. Refuses where DEST has a directory in the way of a
+    file of the version, or a file in the way of a directory.
 
     \b
-    Example:
+    Examples:
       artfs download bike-dataset:best ./data
+      artfs download bike-dataset:best ./data --path-prefix images/
     """
-    click.echo(store_of(ctx).artifact(ref).download(dest, progress=progress_bar))
+    v = store_of(ctx).artifact(ref)
+    report(v, v.materialize(dest, path_prefix=path_prefix, progress=progress_bar), as_json)
 
 
 @main.command()
 @ref_argument
 @click.argument("dest", type=click.Path(path_type=Path))
+@click.option(
+    "--dry-run", "-n", is_flag=True, help="List what would be added, replaced and removed; change nothing."
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Remove and replace even in a directory artfs did not fill from this artifact before.",
+)
+@json_option
 @click.pass_context
-def checkout(ctx: click.Context, ref: str, dest: Path) -> None:
-    """Make DEST exactly the version: files it does not have are DELETED.
+def checkout(ctx: click.Context, ref: str, dest: Path, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Make DEST exactly the version: what the version does not have is DELETED.
+
+    A file counts as the version's only if its content is (artfs hashes it, unless it wrote or
+    hashed that very file itself and nothing has touched it since). Everything is fetched before
+    anything in DEST changes. In a directory artfs has not filled from this artifact (a
+    checkout or download of any of its versions), checkout refuses to remove or replace
+    anything unless --force; --dry-run shows what it would do.
 
     \b
-    Example:
+    Examples:
+      artfs checkout bike-dataset:v2 ./data --dry-run
       artfs checkout bike-dataset:v2 ./data
     """
-    click.echo(store_of(ctx).artifact(ref).checkout(dest, progress=progress_bar))
+    v = store_of(ctx).artifact(ref)
+    report(v, v.materialize(dest, exact=True, force=force, dry_run=dry_run, progress=progress_bar), as_json)
 
 
 @main.command()
 @ref_argument
 @click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out what matches (as push does).")
+@json_option
 @click.pass_context
-def verify(ctx: click.Context, ref: str, directory: Path) -> None:
+def verify(ctx: click.Context, ref: str, directory: Path, exclude: tuple[str, ...], as_json: bool) -> None:
     """Check DIRECTORY against a version, hashing every file; exit 1 and list the differences
-    (missing, extra, modified, mode, type, target) when it does not match.
+    when it does not match.
+
+    \b
+    Differences: missing, extra, modified (content), type (a file where the version has a
+    directory, …), target (a symlink's), mode. A version records whether a file is executable
+    (755) or not (644), as git does, so mode differs only when that does: 600 and 644 match.
+    What a push would leave out (a .artfsignore at the top, --exclude) is left out here too.
 
     \b
     Example:
       artfs verify bike-dataset:latest ./data
     """
     v = store_of(ctx).artifact(ref)
-    diffs = v.verify(directory, progress=progress_bar)
-    for d in diffs:
-        click.echo(str(d))
+    diffs = v.differences(directory, exclude, progress=progress_bar)
+    if as_json:
+        emit_json(
+            {
+                "version": v.qualified_name,
+                "root": str(directory),
+                "matches": not diffs,
+                "differences": differences_json(diffs),
+            }
+        )
+    else:
+        for d in diffs:
+            click.echo(str(d))
+        if diffs:
+            click.echo(
+                f"{directory} differs from {v.qualified_name} in {plural(len(diffs), 'path')}", err=True
+            )
+        else:
+            click.echo(f"{directory} matches {v.qualified_name}")
     if diffs:
-        click.echo(f"{directory} differs from {v.qualified_name} in {len(diffs)} paths", err=True)
         sys.exit(1)
-    click.echo(f"{directory} matches {v.qualified_name}")
 
 
 @main.command()
 @ref_argument
 @click.argument("aliases", nargs=-1)
 @click.option("--delete", is_flag=True, help="Remove the alias named in NAME:ALIAS.")
+@json_option
 @click.pass_context
-def alias(ctx: click.Context, ref: str, aliases: tuple[str, ...], delete: bool) -> None:
+def alias(ctx: click.Context, ref: str, aliases: tuple[str, ...], delete: bool, as_json: bool) -> None:
     """Point ALIAS… at a version, or remove an alias with --delete.
 
     \b
@@ -459,32 +726,67 @@ def alias(ctx: click.Context, ref: str, aliases: tuple[str, ...], delete: bool) 
         v = store.artifact(ref)
         v.aliases.remove(parsed.alias)
         v.save()
+        if as_json:
+            return emit_json({"removed": f"{parsed.name}:{parsed.alias}", "version": v.qualified_name})
         click.echo(f"removed {parsed.name}:{parsed.alias} (was {v.qualified_name})")
-        return
+        return None
     if not aliases:
         raise click.UsageError("name at least one ALIAS")
     v = store.artifact(ref)
     v.aliases.extend(a for a in aliases if a not in v.aliases)
     v.save()
+    if as_json:
+        return emit_json({"version": v.qualified_name, "aliases": v.aliases})
     click.echo(f"{v.qualified_name}: {', '.join(v.aliases)}")
+    return None
 
 
 @main.command()
-@ref_argument
+@click.argument("ref", metavar="NAME:REF | NAME --all")
 @click.option("--delete-aliases", is_flag=True, help="Also remove the aliases that point at it.")
+@click.option(
+    "--all", "whole", is_flag=True, help="Delete every version of NAME (asks first; --yes does not)."
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (with --all).")
+@json_option
 @click.pass_context
-def delete(ctx: click.Context, ref: str, delete_aliases: bool) -> None:
-    """Delete a version. Refuses while aliases (other than latest) point at it.
-
-    The version number is never reused; its content is reclaimed by `artfs gc`.
+def delete(ctx: click.Context, ref: str, delete_aliases: bool, whole: bool, yes: bool, as_json: bool) -> None:
+    """Delete a version. Refuses while aliases (other than latest) point at it, unless
+    --delete-aliases. The version number is never reused.
 
     \b
-    Example:
+    Examples:
       artfs delete bike-dataset:v1 --delete-aliases
+      artfs delete bike-dataset --all
     """
-    v: Version = store_of(ctx).artifact(ref)
-    v.delete(delete_aliases=delete_aliases)
-    click.echo(f"deleted {v.qualified_name}")
+    store = store_of(ctx)
+    parsed = Ref.parse(ref, default_alias="")
+    if whole:
+        if ":" in ref:
+            raise click.UsageError("--all takes a NAME, not NAME:REF")
+        doomed = store.versions(parsed.name)
+        question = f"Delete all {plural(len(doomed), 'version')} of {parsed.name} and its aliases?"
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.UsageError(f"{question} Say so with --yes (standard input is not a terminal)")
+            click.confirm(question, abort=True, err=True)
+    elif not parsed.alias and parsed.number is None:
+        raise click.UsageError(f"name a version: {ref}:vN or {ref}:ALIAS (or --all for every version)")
+    else:
+        doomed = [store.artifact(ref)]
+    removed: list[str] = []
+    for v in doomed:
+        held = [a for a in v.aliases if a != LATEST]
+        v.delete(delete_aliases=delete_aliases or whole)
+        removed += [f"{v.name}:{a}" for a in held]
+    deleted = [v.qualified_name for v in doomed]
+    if as_json:
+        return emit_json({"deleted": deleted, "aliases_removed": removed})
+    for label in deleted:
+        click.echo(f"deleted {label}")
+    for a in removed:
+        click.echo(f"removed alias {a}")
+    return None
 
 
 class SizeParam(click.ParamType):
@@ -562,8 +864,9 @@ def mount(
         serve(options)
         return
     check_mountpoint(options.mountpoint)
-    verbosity = ctx.parent.params["verbose"] if ctx.parent else 0
-    log_file = start_detached(foreground_argv(options, verbosity), options.mountpoint)
+    log_file = start_detached(
+        foreground_argv(options, ctx.ensure_object(Session).verbose), options.mountpoint
+    )
     click.echo(f"mounted {store.url} on {options.mountpoint} (log: {log_file})")
 
 
@@ -587,7 +890,13 @@ def cache() -> None:
     """Inspect and manage the local block cache.
 
     Blocks fetched by mounts are kept in one cache per user, shared by every version (content is
-    stored once). Pinned versions are never evicted.
+    stored once), with a hard size budget. Pinned versions are never evicted.
+
+    \b
+    Examples:
+      artfs cache info
+      artfs cache pin bike-dataset:best      # everything local, for offline use
+      artfs cache prune --to 10G
     """
 
 
@@ -606,7 +915,7 @@ def cache_info(ctx: click.Context, cache_dir: Path, as_json: bool) -> None:
     Example:
       artfs cache info
     """
-    c = open_cache(ctx.parent or ctx, cache_dir)
+    c = open_cache(ctx, cache_dir)
     blobs = c.scan()
     pins = c.pins()
     doc: dict[str, Any] = {
@@ -619,9 +928,9 @@ def cache_info(ctx: click.Context, cache_dir: Path, as_json: bool) -> None:
         emit_json(doc)
         return
     click.echo(f"cache:  {doc['dir']}")
-    click.echo(f"holds:  {human_size(doc['bytes'])} in {doc['blobs']} blobs")
+    click.echo(f"holds:  {human_size(doc['bytes'])} in {plural(doc['blobs'], 'blob')}")
     for p in pins:
-        click.echo(f"pinned: {p.version} ({len(p.blobs)} blobs) from {p.store}")
+        click.echo(f"pinned: {p.version} ({plural(len(p.blobs), 'blob')}) from {p.store}")
 
 
 @cache.command("prune")
@@ -637,8 +946,8 @@ def cache_prune(ctx: click.Context, cache_dir: Path, target: int) -> None:
     Example:
       artfs cache prune --to 10G
     """
-    count, freed = open_cache(ctx.parent or ctx, cache_dir).prune(target)
-    click.echo(f"evicted {count} blobs, {human_size(freed)}")
+    count, freed = open_cache(ctx, cache_dir).prune(target)
+    click.echo(f"evicted {plural(count, 'blob')}, {human_size(freed)}")
 
 
 @cache.command("pin")

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .blobs import BlobStore
 from .catalog import Catalog, VersionRecord
 from .digest import FileDigest
-from .errors import ArtifactExistsError, InvalidInputError, TypeMismatchError
+from .errors import ArtifactExistsError, InvalidInputError, TypeMismatchError, VersionInUseError
 from .manifest import Entry, Manifest
 from .names import LATEST, validate_alias, validate_name
 from .progress import ProgressFactory, silent
@@ -37,6 +37,10 @@ PACK_BYTES = 8 * 1024 * 1024  # about this much per pack
 class CommitResult:
     record: VersionRecord
     created: bool  # False: nothing new was written (unchanged content, or --on-conflict skip)
+    skipped: bool = False  # --on-conflict skip found the name taken: nothing was even compared
+    aliases_moved: tuple[str, ...] = ()  # aliases this commit pointed at `record`
+    amended: tuple[str, ...] = ()  # fields of an unchanged `record` this commit updated
+    deleted: tuple[str, ...] = ()  # versions --on-conflict replace deleted
 
 
 def producer() -> dict[str, Any]:
@@ -118,6 +122,7 @@ def commit(
     metadata: dict[str, Any] | None = None,
     aliases: Iterable[str] = (),
     on_conflict: str = "new",
+    delete_aliases: bool = False,
     progress: ProgressFactory = silent,
 ) -> CommitResult:
     """Commit `sources` as the next version of `name` (see the module docstring)."""
@@ -133,17 +138,37 @@ def commit(
     elif latest is not None:
         type = latest.type
     if latest is not None and on_conflict == "skip":
-        return CommitResult(latest, created=False)
+        return CommitResult(latest, created=False, skipped=True)
     if latest is not None and on_conflict == "error":
         raise ArtifactExistsError(f"{name} already exists (newest: {latest.label})")
+    doomed = catalog.versions(name) if on_conflict == "replace" else []
+    if doomed and not delete_aliases:  # the rule `delete` follows, checked before any upload
+        held = sorted(f"{name}:{a}" for a, n in catalog.aliases(name).items() if a != LATEST)
+        if held:
+            raise VersionInUseError(
+                f"--on-conflict replace would delete versions that {', '.join(held)} name; "
+                "add --delete-aliases to delete them too"
+            )
 
     source_list = list(sources)
     by_path = {s.path: s for s in source_list}
     manifest = Manifest.build(hash_sources(source_list, blobs.block_size, progress), blobs.block_size)
     if latest is not None and latest.digest == manifest.digest and on_conflict != "replace":
-        for alias in aliases:
-            catalog.set_alias(name, alias, latest.number)
-        return CommitResult(latest, created=False)
+        moved = tuple(a for a in aliases if catalog.set_alias(name, a, latest.number))
+        amended: list[str] = []
+
+        def amend(rec: VersionRecord) -> VersionRecord:
+            amended.clear()
+            if description and description != rec.description:
+                amended.append("description")
+                rec = replace(rec, description=description)
+            if metadata and {**rec.metadata, **metadata} != rec.metadata:
+                amended.append("metadata")
+                rec = replace(rec, metadata={**rec.metadata, **metadata})
+            return rec
+
+        latest = catalog.amend(name, latest.number, amend)
+        return CommitResult(latest, created=False, aliases_moved=moved, amended=tuple(amended))
 
     parent = blobs.get_manifest(latest.manifest) if latest is not None else None
     manifest = upload_missing(blobs, manifest, by_path, progress, parent)
@@ -166,10 +191,9 @@ def commit(
 
     rec = catalog.claim(name, record)
     catalog.set_alias(name, LATEST, rec.number, forward_only=True)
-    for alias in aliases:
-        catalog.set_alias(name, alias, rec.number)
-    if on_conflict == "replace":
-        for old in catalog.versions(name):
-            if old.number < rec.number:
-                catalog.delete_version(old, delete_aliases=True)
-    return CommitResult(rec, created=True)
+    moved = tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
+    deleted = []
+    for old in doomed:
+        catalog.delete_version(old, delete_aliases=True)
+        deleted.append(old.label)
+    return CommitResult(rec, created=True, aliases_moved=moved, deleted=tuple(deleted))

@@ -18,6 +18,8 @@
     │   ├── VersionInUseError       aliases still point at a version being deleted
     │   └── ContentChangedError     a source file changed while it was being pushed
     ├── CorruptDataError            exit 6, EIO      bytes whose hash does not match their name
+    ├── VerificationError           exit 1           a directory differs from a version (also a
+    │                                                ValueError, as W&B's verify raises)
     └── StoreError                  exit 7, EIO
         ├── StoreFormatError        a store written by an incompatible artfs
         └── StoreUnavailableError   unreachable, 5xx, throttled, timed out: retried, then raised
@@ -29,6 +31,7 @@ Everything else raises domain errors, never bare OSError or ValueError across a 
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Sequence
 
 
 class ArtfsError(Exception):
@@ -109,6 +112,14 @@ class ContentChangedError(ConflictError):
 
 class CorruptDataError(ArtfsError):
     exit_code = 6
+
+
+class VerificationError(ArtfsError, ValueError):
+    def __init__(self, message: str, differences: Sequence[object]) -> None:
+        super().__init__(message)
+        self.differences = list(differences)
+
+    exit_code = 1
 
 
 class StoreError(ArtfsError):

@@ -23,7 +23,7 @@ import os
 import stat
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pathspec
@@ -79,9 +79,10 @@ class Source:
     """One path of an artifact being built, and where its content comes from."""
 
     path: str
-    kind: str = "file"  # file | link | dir
+    kind: str = "file"  # file | link | dir; `other` (a FIFO, socket, device) only when scanned as_found
     local: LocalFile | None = None
     target: str = ""
+    stat: os.stat_result | None = None  # as the scan saw it (of what a link points to, when followed)
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,15 @@ class ScanOptions:
     exclude: tuple[str, ...] = ()
     dereference: bool = False
     one_file_system: bool = False
-    links_as_found: bool = False  # report every link as it is (verify); no policy applied
+    as_found: bool = False  # report links and special files as they are (what is in a checkout)
+    ignore_file: bool = True  # apply the .artfsignore at the top (a checkout must see everything)
 
 
 def _ignore_spec(root: Root, options: ScanOptions) -> pathspec.PathSpec | None:
     lines = list(options.exclude)
     try:
+        if not options.ignore_file:
+            raise FileNotFoundError
         fd = os.open(IGNORE_FILE, os.O_RDONLY | os.O_CLOEXEC, dir_fd=root.fd)
     except FileNotFoundError:
         pass
@@ -117,7 +121,7 @@ def scan(
         raise InvalidPathError(f"{root_path} is not a directory") from None
     top = os.fstat(root.fd)
     mounts = artfs_devices()
-    if top.st_dev in mounts:
+    if top.st_dev in mounts and not options.as_found:
         raise InvalidPathError(
             f"{root_path} is on an artfs mount: its content is in the store already "
             "(give it another name with `artfs alias`, or push from the original files)"
@@ -135,7 +139,7 @@ def scan(
             finally:
                 os.close(dir_fd)
             for source in found:
-                yield Source(join_path(prefix, source.path), source.kind, source.local, source.target)
+                yield replace(source, path=join_path(prefix, source.path)) if prefix else source
             stack.extend(reversed(subdirs))
     finally:
         for fd, _, _ in stack:
@@ -165,7 +169,7 @@ def _list(
             if stat.S_ISLNK(st.st_mode):
                 if not options.dereference:
                     if not (ignore and ignore.match_file(rel)):
-                        found.append(_link(root, dir_fd, name, rel, options))
+                        found.append(_link(root, dir_fd, name, rel, st, options))
                     continue
                 try:
                     st = os.stat(name, dir_fd=dir_fd)
@@ -189,7 +193,9 @@ def _list(
                     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # follows the link when dereferencing
                     subdirs.append((fd, rel, ancestors | {(st.st_dev, st.st_ino)}))
             elif stat.S_ISREG(st.st_mode):
-                found.append(Source(rel, "file", LocalFile(rel, root)))
+                found.append(Source(rel, "file", LocalFile(rel, root), stat=st))
+            elif options.as_found:
+                found.append(Source(rel, "other", stat=st))
             else:
                 raise InvalidPathError(
                     f"{os.path.join(root.path, rel)}: not a regular file, directory or symlink "
@@ -204,12 +210,12 @@ def _list(
     return found, subdirs
 
 
-def _link(root: Root, dir_fd: int, name: str, rel: str, options: ScanOptions) -> Source:
+def _link(root: Root, dir_fd: int, name: str, rel: str, st: os.stat_result, options: ScanOptions) -> Source:
     target = os.readlink(name, dir_fd=dir_fd)
-    if options.links_as_found:
-        return Source(rel, "link", target=target)
+    if options.as_found:
+        return Source(rel, "link", target=target, stat=st)
     try:
-        return Source(rel, "link", target=validate_link_target(rel, target))
+        return Source(rel, "link", target=validate_link_target(rel, target), stat=st)
     except InvalidPathError:
         raise InvalidPathError(
             f"{os.path.join(root.path, rel)} -> {target}: the symlink leaves the directory; "
@@ -232,7 +238,10 @@ def source_for(local: Path, name: str | None = None) -> Source:
 
 
 def hash_sources(
-    sources: Iterable[Source], block_size: int = DEFAULT_BLOCK_SIZE, progress: ProgressFactory = silent
+    sources: Iterable[Source],
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: ProgressFactory = silent,
+    desc: str = "hashing",
 ) -> list[Entry]:
     """Manifest entries for sources, files hashed on a pool of threads; the progress bar counts
     bytes as they are read. Interrupting the caller stops the hashing within a chunk."""
@@ -263,5 +272,5 @@ def hash_sources(
         bar.update(n)
         checkpoint()
 
-    with progress(total=total, desc="hashing") as bar, Pool(WORKERS) as pool:
+    with progress(total=total, desc=desc) as bar, Pool(WORKERS) as pool:
         return list(pool.map(entry, sources))

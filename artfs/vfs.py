@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from . import __version__
+from ._version import __version__
 from .blobs import SPAN_BYTES, BlobStore
 from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
 from .catalog import Catalog, VersionRecord

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,11 @@ def test_on_conflict_policies(store: artfs.Store, tmp_path: Path) -> None:
     with pytest.raises(ArtifactExistsError):
         push_dir(store, "ds", b, on_conflict="error")
     assert count(store, "artifacts/ds/versions/") == 1
-    v1 = push_dir(store, "ds", b, on_conflict="replace")
-    assert v1.version == "v1"
+    with pytest.raises(VersionInUseError, match="ds:best"):  # the rule `delete` follows
+        push_dir(store, "ds", b, on_conflict="replace")
+    assert count(store, "artifacts/ds/versions/") == 1 and count(store, "blobs/") == 1  # nothing went up
+    v1 = push_dir(store, "ds", b, on_conflict="replace", delete_aliases=True)
+    assert v1.version == "v1" and v1.commit is not None and v1.commit.deleted == ("ds:v0",)
     assert [v.version for v in store.versions("ds")] == ["v1"]
     with pytest.raises(VersionNotFoundError):
         store.artifact("ds:best")
@@ -202,20 +206,24 @@ def test_download_checkout_verify(small_block_store: artfs.Store, tmp_path: Path
     assert (dest / "extra.txt").exists()  # download leaves extras
     assert os.access(dest / "run.sh", os.X_OK) and os.readlink(dest / "dir/link") == "../run.sh"
     assert (dest / "empty").is_dir()
-    assert [(d.path, d.change) for d in v.verify(dest)] == [("extra.txt", "extra")]
+    assert [(d.path, d.change) for d in v.differences(dest)] == [("extra.txt", "extra")]
+    with pytest.raises(ValueError, match="differs from ds:v0 in 1 path: extra") as raised:
+        v.verify(dest)  # as W&B's verify: raises, with the list on the exception
+    assert isinstance(raised.value, artfs.VerificationError) and len(raised.value.differences) == 1
 
     (dest / "dir/a b é.txt").write_text("y")
     os.chmod(dest / "run.sh", 0o644)
     (dest / "big.bin").unlink()
-    assert {(d.path, d.change) for d in v.verify(dest)} == {
+    assert {(d.path, d.change) for d in v.differences(dest)} == {
         ("extra.txt", "extra"),
         ("dir/a b é.txt", "modified"),
         ("run.sh", "mode"),
         ("big.bin", "missing"),
     }
 
-    v.checkout(dest)
-    assert v.verify(dest) == [] and not (dest / "extra.txt").exists()
+    v.checkout(dest)  # a directory it downloaded into: a checkout of this artifact may remove
+    assert v.differences(dest) == [] and not (dest / "extra.txt").exists()
+    v.verify(dest)
     assert hash_file(dest / "big.bin").hash == v.get_path("big.bin").hash
 
 
@@ -400,7 +408,7 @@ def test_small_files_go_up_in_packs_on_a_remote_store(
         entries = {e.path: e for e in v0.manifest.files()}
         assert not entries["big.bin"].pack and len({entries[p].offset for p in files if p != "big.bin"}) == 50
         assert all(v0.open(p).read() == (c if isinstance(c, bytes) else c.encode()) for p, c in files.items())
-        assert v0.verify(Path(v0.download(tmp_path / "out"))) == []
+        assert v0.differences(Path(v0.download(tmp_path / "out"))) == []
         cache = BlockCache(tmp_path / "cache", store.blobs.block_size)  # pinned for offline use
         assert cache.pin(store.url, "ds:v0", v0.manifest, store.blobs) == sum(len(c) for c in files.values())
         again = BlockCache(tmp_path / "cache", store.blobs.block_size)
@@ -565,3 +573,175 @@ def test_a_failed_upload_leaves_no_temp_files_in_the_store(store: artfs.Store, t
         blobs.upload(LocalFile(str(bad)), bad_digest)
     root = Path(store.url.removeprefix("file://"))
     assert [p for p in root.rglob("*") if p.is_file() and p.name != "config"] == []
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every path below root with its content (files), target (links) or "dir"."""
+    out: dict[str, bytes | str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes()
+    return out
+
+
+def test_checkout_never_touches_a_directory_that_is_not_its_checkout_unless_forced(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    from artfs.errors import ConflictError
+
+    v0 = push_dir(store, "ds", make_tree(tmp_path / "v0", {"data.csv": "1\n", "README": "ds\n"}))
+    project = make_tree(
+        tmp_path / "project", {".git/HEAD": "ref: main\n", "train.py": "print()\n", "data.csv": "mine\n"}
+    )
+    before = snapshot(project)
+    with pytest.raises(ConflictError, match="not a checkout of ds: checkout would remove 2 and replace 1"):
+        v0.checkout(project)
+    assert snapshot(project) == before
+    plan = v0.materialize(project, exact=True, dry_run=True)
+    assert (plan.added, plan.replaced, plan.removed) == (["README"], ["data.csv"], [".git/HEAD", "train.py"])
+    assert snapshot(project) == before  # a dry run changes nothing
+    done = v0.materialize(project, exact=True, force=True)
+    assert done.removed == [".git/HEAD", "train.py"] and snapshot(project) == {
+        "README": b"ds\n",
+        "data.csv": b"1\n",
+    }
+
+    (tmp_path / "v0" / "new.txt").write_text("new\n")
+    v1 = push_dir(store, "ds", tmp_path / "v0")
+    (project / "scratch.txt").write_text("x")
+    assert v1.materialize(project, exact=True).removed == ["scratch.txt"]  # its own checkout: allowed
+    other = push_dir(store, "other", make_tree(tmp_path / "o", {"o.txt": "o"}))
+    with pytest.raises(ConflictError, match="not a checkout of other"):
+        other.checkout(project)  # a checkout of another artifact is someone's work too
+    empty = tmp_path / "fresh"
+    assert other.checkout(empty) == str(empty) and snapshot(empty) == {"o.txt": b"o"}
+
+
+def test_checkout_is_exact_even_when_size_and_mtime_are_put_back(store: artfs.Store, tmp_path: Path) -> None:
+    from artfs.statcache import RACY_NS
+
+    v = push_dir(store, "ds", make_tree(tmp_path / "src", {"a.txt": "alpha\n", "b.txt": "bravo\n"}))
+    dest = tmp_path / "dest"
+    v.checkout(dest)
+    st = os.stat(dest / "a.txt")
+    (dest / "a.txt").write_text("ALPHA\n")  # same size
+    os.utime(dest / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime
+    assert v.materialize(dest, exact=True).replaced == ["a.txt"]
+    assert (dest / "a.txt").read_text() == "alpha\n"
+
+    checked: list[int] = []
+
+    class Recorder:
+        def __init__(self, *, total: int, desc: str) -> None:
+            if desc == "checking":
+                checked.append(total)
+
+        def update(self, n: int) -> None:
+            pass
+
+        def __enter__(self) -> Recorder:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    # Files just written are racy (a change in the same clock tick would not move their ctime):
+    # as in git's index, the next look hashes them once more, and from then on they are trusted.
+    time.sleep(2 * RACY_NS / 1e9)
+    assert v.materialize(dest, exact=True, progress=Recorder).unchanged == 2
+    assert v.materialize(dest, exact=True, progress=Recorder).unchanged == 2
+    checked.clear()
+    assert v.materialize(dest, exact=True, progress=Recorder).unchanged == 2
+    assert checked == []  # artfs knows them, nothing touched them since: nothing was read
+    os.chmod(dest / "b.txt", 0o600)  # ctime moves: b.txt is hashed again, and found right
+    assert v.materialize(dest, exact=True, progress=Recorder).replaced == []
+    assert checked == [len("bravo\n")]
+
+
+def test_type_changes_end_exactly_as_the_version_or_change_nothing(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    from artfs.errors import ConflictError
+
+    v = push_dir(store, "ds", make_tree(tmp_path / "src", {"a/b.txt": "b", "c": "c", "keep.txt": "k"}))
+    dest = tmp_path / "dest"
+    v.checkout(dest)
+    (dest / "a" / "b.txt").unlink()
+    (dest / "a").rmdir()
+    (dest / "a").write_text("a file where the version has a directory")
+    (dest / "c").unlink()
+    make_tree(dest, {"c/inside.txt": "a directory where the version has a file"})
+    assert [(d.path, d.change) for d in v.differences(dest)] == [
+        ("a", "type"),
+        ("a/b.txt", "missing"),
+        ("c", "type"),
+        ("c/inside.txt", "extra"),
+    ]
+    before = snapshot(dest)
+    with pytest.raises(ConflictError, match="2 path"):
+        v.download(dest)  # would delete what is not the version's
+    assert snapshot(dest) == before
+    done = v.materialize(dest, exact=True)
+    assert (done.replaced, done.added, done.removed) == (["a", "c"], ["a/b.txt"], ["c/inside.txt"])
+    assert v.differences(dest) == [] and snapshot(dest) == {
+        "a": "dir",
+        "a/b.txt": b"b",
+        "c": b"c",
+        "keep.txt": b"k",
+    }
+
+
+def test_a_failed_download_changes_nothing_and_leaves_no_staging(
+    small_block_store: artfs.Store, tmp_path: Path
+) -> None:
+    store = small_block_store
+    v0 = push_dir(store, "ds", make_tree(tmp_path / "a", {"f": os.urandom(3 * BLOCK), "g": "g0"}))
+    dest = tmp_path / "dest"
+    v0.checkout(dest)
+    before = snapshot(dest)
+    v1 = push_dir(store, "ds", make_tree(tmp_path / "b", {"f": os.urandom(3 * BLOCK), "g": "g1", "h": "h"}))
+    blob = Path(store.backend.root) / keys.blob(v1.get_path("f").hash)  # type: ignore[attr-defined]
+    raw = bytearray(blob.read_bytes())
+    raw[2 * BLOCK + 1] ^= 1
+    blob.write_bytes(bytes(raw))
+    with pytest.raises(CorruptDataError):
+        v1.checkout(dest)
+    assert snapshot(dest) == before  # g and h were fine, yet nothing changed
+
+
+def test_download_of_a_path_prefix(store: artfs.Store, tmp_path: Path) -> None:
+    v = push_dir(store, "ds", make_tree(tmp_path / "src", {"images/a.png": "a", "images2/b": "b", "c": "c"}))
+    dest = Path(v.download(tmp_path / "out", path_prefix="images/"))
+    assert snapshot(dest) == {"images": "dir", "images/a.png": b"a"}
+
+
+def test_the_seeds_vocabulary(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"model.h5": "weights", "sub/x.txt": "x"})
+    art = artfs.Artifact("model", type="model")
+    art.add_dir(src)
+    used = store.use_artifact(art)  # W&B: log it unless it is the newest content already
+    again = artfs.Artifact("model", type="model")
+    again.add_dir(src)
+    assert store.use_artifact(again).qualified_name == used.qualified_name == "model:v0"
+    assert not store.use_artifact(again).created
+    v = store.use_artifact("model:latest")
+    assert v.fetch_hash() == v.digest and len(v.fetch_hash()) == 32  # Neptune
+    listing = v.fetch_files_list()
+    assert [(f.file_path, f.size) for f in listing] == [("model.h5", 7), ("sub/x.txt", 1)]
+    assert listing[0].file_hash == v.get_path("model.h5").hash
+    assert listing[0].metadata["file_path"] is None and len(listing[0].metadata["last_modified"]) == 19
+    assert v.get_entry("sub/x.txt").path == "sub/x.txt"
+
+
+def test_an_unchanged_push_applies_description_metadata_and_aliases(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    push_dir(store, "ds", src, metadata={"rows": 1, "source": "s"})
+    art = artfs.Artifact("ds", description="better words", metadata={"rows": 2})
+    art.add_dir(src)
+    v = store.log_artifact(art, aliases=["best"])
+    assert not v.created and v.commit is not None
+    assert (v.commit.aliases_moved, v.commit.amended) == (("best",), ("description", "metadata"))
+    assert (v.description, v.metadata) == ("better words", {"rows": 2, "source": "s"})
+    assert store.log_artifact(art, aliases=["best"]).commit.amended == ()  # type: ignore[union-attr]

@@ -11,11 +11,25 @@ from pathlib import Path
 
 import pytest
 
+import artfs
 from artfs.storage import open_backend
 
 from .conftest import ARTFS, S3_BUCKET, SeaweedFS, make_tree, run_cli
 
-COMMANDS = ["push", "ls", "info", "files", "diff", "download", "checkout", "verify", "alias", "delete"]
+COMMANDS = [
+    "push",
+    "ls",
+    "info",
+    "edit",
+    "files",
+    "cat",
+    "diff",
+    "download",
+    "checkout",
+    "verify",
+    "alias",
+    "delete",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -123,7 +137,7 @@ def test_on_conflict_exit_codes(store_url: str, tmp_path: Path) -> None:
     run_cli("push", "ds", str(src), store=store_url)
     (src / "a").write_text("2")
     r = run_cli("push", "ds", str(src), "--on-conflict", "skip", store=store_url)
-    assert (r.returncode, r.stdout.strip()) == (1, "unchanged: ds:v0")
+    assert (r.returncode, r.stdout.strip()) == (1, "skipped: ds exists (newest: ds:v0); nothing was pushed")
     r = run_cli("push", "ds", str(src), "--on-conflict", "error", store=store_url)
     assert r.returncode == 5 and "already exists" in r.stderr
     r = run_cli("push", "ds", str(src), "--on-conflict", "replace", store=store_url)
@@ -328,3 +342,115 @@ def test_one_file_system_keeps_a_push_off_other_filesystems(store_url: str, smal
         assert r.stdout.strip() == "ds:v1"  # without -x it is one tree
     finally:
         subprocess.run(["umount", str(inner)], check=True)
+
+
+def test_global_options_go_anywhere(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    env = {"ARTFS_STORE": str(tmp_path / "elsewhere")}
+    r = run_cli("push", "ds", str(src), "--store", store_url, "-v", env=env)
+    assert (r.returncode, r.stdout.strip()) == (0, "ds:v0"), r.stderr
+    assert json.loads(run_cli("ls", "--json", "--store", store_url, env=env).stdout)[0]["name"] == "ds"
+    r = run_cli("--store", str(tmp_path / "nowhere"), "info", "ds:v0", "--store", store_url, env=env)
+    assert r.returncode == 0  # typed after the command wins
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "nowhere").exists()
+    r = run_cli("cache", "info", "--store", store_url, "--cache-dir", str(tmp_path / "c"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["blobs"] == 0
+
+
+def test_every_reporting_command_speaks_json(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1", "b": "2"})
+
+    def j(*args: str, code: int = 0) -> object:
+        r = run_cli(*args, "--json", store=store_url)
+        assert r.returncode == code, r.stderr
+        return json.loads(r.stdout)
+
+    assert j("push", "ds", str(src), "-a", "best") == {
+        "version": "ds:v0", "created": True, "skipped": False, "aliases_moved": ["best"],
+        "amended": [], "deleted": [], "digest": artfs.Store(store_url).artifact("ds:v0").digest,
+    }  # fmt: skip
+    (src / "a").write_text("changed")
+    assert j("push", "ds", str(src))["version"] == "ds:v1"  # type: ignore[index]
+    assert j("diff", "ds:v0", "ds:v1", code=1) == [{"path": "a", "change": "modified"}]
+    out = tmp_path / "out"
+    got = j("download", "ds:v0", str(out))
+    assert got == {"version": "ds:v0", "root": str(out), "added": ["a", "b"], "replaced": [], "removed": [],
+                   "unchanged": 0, "dry_run": False}  # fmt: skip
+    (out / "extra").write_text("x")
+    assert j("checkout", "ds:v1", str(out), "--dry-run") == {
+        "version": "ds:v1", "root": str(out), "added": [], "replaced": ["a"], "removed": ["extra"],
+        "unchanged": 1, "dry_run": True,
+    }  # fmt: skip
+    assert j("verify", "ds:v1", str(out), code=1) == {
+        "version": "ds:v1", "root": str(out), "matches": False,
+        "differences": [{"path": "a", "change": "modified"}, {"path": "extra", "change": "extra"}],
+    }  # fmt: skip
+    assert j("alias", "ds:v1", "prod") == {"version": "ds:v1", "aliases": ["latest", "prod"]}
+    assert j("alias", "--delete", "ds:prod") == {"removed": "ds:prod", "version": "ds:v1"}
+    assert j("delete", "ds:v0", "--delete-aliases") == {"deleted": ["ds:v0"], "aliases_removed": ["ds:best"]}
+    assert j("edit", "ds:v1", "-m", "rows=3")["metadata"] == {"rows": 3}  # type: ignore[index]
+
+
+def test_edit_cat_and_delete_need_what_they_act_on(store_url: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"rides.csv": "id\n1\n", "link": "->rides.csv"})
+    run_cli("push", "ds", str(src), "-m", "draft=true", "-m", "rows=1", store=store_url)
+    r = run_cli("edit", "ds:v0", "-d", "cleaned", "-m", "rows=2", "--unset", "draft", store=store_url)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run_cli("info", "ds:latest", "--json", store=store_url).stdout)
+    assert (info["description"], info["metadata"]) == ("cleaned", {"rows": 2})
+    assert run_cli("edit", "ds:v0", store=store_url).returncode == 2  # nothing to change
+    assert run_cli("edit", "ds:v0", "--unset", "nope", store=store_url).returncode == 4
+    assert run_cli("cat", "ds:v0", "link", store=store_url).stdout == "id\n1\n"
+    assert run_cli("cat", "ds:v0", "missing.csv", store=store_url).returncode == 4
+
+    r = run_cli("delete", "ds", store=store_url)  # no version: never `latest` by default
+    assert r.returncode == 2 and "name a version" in r.stderr
+    assert run_cli("info", "ds:v0", store=store_url).returncode == 0
+    r = run_cli("delete", "ds", "--all", store=store_url)  # not a terminal, nobody to ask
+    assert r.returncode == 2 and "--yes" in r.stderr
+    r = run_cli("delete", "ds", "--all", "--yes", store=store_url)
+    assert r.returncode == 0 and r.stdout.splitlines() == ["deleted ds:v0"]
+    assert run_cli("info", "ds:latest", store=store_url).returncode == 4
+    assert "gc" not in run_cli("delete", "--help").stdout  # no promise of a command that is not there
+
+
+def test_checkout_output_says_what_it_removed_added_and_replaced(store_url: str, tmp_path: Path) -> None:
+    run_cli("push", "ds", str(make_tree(tmp_path / "src", {"a": "1", "b": "2"})), store=store_url)
+    project = make_tree(tmp_path / "project", {"a": "mine", "notes.txt": "keep me"})
+    r = run_cli("checkout", "ds:v0", str(project), store=store_url)
+    assert r.returncode == 5 and "not a checkout of ds" in r.stderr and "--force" in r.stderr
+    assert (project / "notes.txt").read_text() == "keep me"
+    r = run_cli("checkout", "ds:v0", str(project), "--dry-run", store=store_url)
+    assert [line.split() for line in r.stdout.splitlines()[:3]] == [
+        ["would", "remove", "notes.txt"],
+        ["would", "replace", "a"],
+        ["would", "add", "b"],
+    ]
+    assert (project / "notes.txt").exists()
+    r = run_cli("checkout", "ds:v0", str(project), "--force", store=store_url)
+    assert r.returncode == 0 and "removed       notes.txt" in r.stdout
+    assert r.stdout.splitlines()[-1].endswith(": 1 added, 1 replaced, 1 removed, 0 unchanged")
+    (project / "a").write_text("x")
+    r = run_cli("verify", "ds:v0", str(project), store=store_url)
+    assert r.returncode == 1 and "differs from ds:v0 in 1 path" in r.stderr and "1 paths" not in r.stderr
+
+
+def test_ctrl_c_stops_a_download_and_leaves_the_destination_as_it_was(store_url: str, tmp_path: Path) -> None:
+    chunk = os.urandom(32 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):  # 384 MiB in 12 files
+        (src / f"part{i:02d}.bin").write_bytes(chunk[i:] + chunk[:i])
+    assert run_cli("push", "ds", str(src), store=store_url).returncode == 0
+    dest = make_tree(tmp_path / "dest", {"mine.txt": "untouched"})
+    proc = subprocess.Popen(
+        [*ARTFS, "--store", store_url, "download", "ds:v0", str(dest)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.is_file() for p in dest.glob(".artfs-staging.*/*")):  # fetching has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "download ended before it was stopped"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert sorted(p.name for p in dest.iterdir()) == ["mine.txt"]  # no file of the version, no staging
