@@ -242,6 +242,11 @@ class ArtifactFile:
     def hash(self) -> str:
         return self.entry.hash
 
+    @property
+    def mode(self) -> int:
+        """0o755 or 0o644: a version records whether a file is executable, as git does."""
+        return self.entry.mode
+
     def open(self) -> io.BufferedReader:
         return self.version.open(self.path)
 

@@ -42,7 +42,6 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from .config import PRIVATE_DIR, PRIVATE_FILE, private_dir
 from .errors import CorruptDataError, InvalidInputError
 from .manifest import Entry
 from .progress import ProgressFactory, silent
+from .workers import Pool, checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -641,6 +641,7 @@ class BlockCache:
                     e.hash: self.open(e, functools.partial(blobs.read_block, e), pinned=True) for e, _ in span
                 }
                 try:
+                    checkpoint()
                     missing = [(e, i) for e, i in span if opened[e.hash].load_local(i) is None]
                     got = blobs.read_span(missing) if missing else {}
                     for e, i in missing:  # one that failed its check is fetched alone, to report it
@@ -654,9 +655,8 @@ class BlockCache:
                     for blob in opened.values():
                         blob.close()
 
-            with ThreadPoolExecutor(8) as pool:
-                for _ in pool.map(fill, blobs.spans(pieces)):
-                    pass
+            with Pool(8) as pool:  # Ctrl-C stops it after the spans under way
+                pool.run(fill, blobs.spans(pieces))
         return self.stats["bytes_fetched"] - before
 
     def unpin(self, store_url: str, label: str) -> bool:

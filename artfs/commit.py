@@ -9,6 +9,7 @@ leaves either no new version or a complete one; stray blobs are garbage for `gc`
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ from .names import LATEST, validate_alias, validate_name
 from .progress import ProgressFactory, silent
 from .sources import LocalFile, Source, hash_sources
 from .workers import Pool
+
+log = logging.getLogger(__name__)
 
 ON_CONFLICT = ("new", "skip", "error", "replace")
 UPLOAD_WORKERS = 8
@@ -84,6 +87,13 @@ def upload_missing(
         present = dict(zip(singles, pool.map(blobs.has, singles), strict=True))
     missing = [e for h, e in singles.items() if not present[h]]
     packs = _packs(list(packed.values()))
+    log.info(
+        "uploading %d blobs the store lacks and %d small files in %d packs (%d already stored)",
+        len(missing),
+        len(packed),
+        len(packs),
+        len(singles) - len(missing),
+    )
     total = sum(e.size for e in missing) + sum(e.size for e in packed.values())
     # The pool ends (its tasks stopped and their temp files gone) before the batch does.
     with progress(total=total, desc="uploading") as bar, blobs.backend.batch(), Pool(UPLOAD_WORKERS) as pool:
@@ -153,6 +163,7 @@ def commit(
     source_list = list(sources)
     by_path = {s.path: s for s in source_list}
     manifest = Manifest.build(hash_sources(source_list, blobs.block_size, progress), blobs.block_size)
+    log.info("%s: hashed %d paths, %d bytes; digest %s", name, len(manifest), manifest.size, manifest.digest)
     if latest is not None and latest.digest == manifest.digest and on_conflict != "replace":
         moved = tuple(a for a in aliases if catalog.set_alias(name, a, latest.number))
         amended: list[str] = []
@@ -190,6 +201,7 @@ def commit(
         )
 
     rec = catalog.claim(name, record)
+    log.info("claimed %s", rec.label)
     catalog.set_alias(name, LATEST, rec.number, forward_only=True)
     moved = tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
     deleted = []

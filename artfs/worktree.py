@@ -26,6 +26,7 @@ local file differs in mode only when that differs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -42,6 +43,8 @@ from .progress import Bar, ProgressFactory, silent
 from .sources import ScanOptions, Source, hash_sources, scan
 from .statcache import StatCache
 from .workers import Pool, checkpoint
+
+log = logging.getLogger(__name__)
 
 WORKERS = min(16, (os.cpu_count() or 2) * 2)
 STAGING = ".artfs-staging."  # + pid + token: what a checkout or download is fetching into
@@ -335,6 +338,15 @@ def materialize(
     with StatCache() as records:
         plan = _plan(manifest, root, exact=exact, records=records, progress=progress)
         changes = plan.changes
+        log.info(
+            "%s: %d to add, %d to replace, %d to remove, %d unchanged; %d files to fetch",
+            root,
+            len(changes.added),
+            len(changes.replaced),
+            len(changes.removed),
+            changes.unchanged,
+            len(plan.write),
+        )
         changes.dry_run = dry_run
         guarded = exact and not (force or dry_run)
         if guarded and label is not None and (changes.removed or changes.replaced):

@@ -745,3 +745,28 @@ def test_an_unchanged_push_applies_description_metadata_and_aliases(
     assert (v.commit.aliases_moved, v.commit.amended) == (("best",), ("description", "metadata"))
     assert (v.description, v.metadata) == ("better words", {"rows": 2, "source": "s"})
     assert store.log_artifact(art, aliases=["best"]).commit.amended == ()  # type: ignore[union-attr]
+
+
+def test_temp_files_a_killed_push_left_are_swept_after_a_day(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "1"})
+    push_dir(store, "ds", src)
+    tmp = Path(store.url.removeprefix("file://")) / ".tmp"
+    old, young = tmp / "blob.dead.tmp", tmp / "blob.live.tmp"
+    for f in (old, young):
+        f.write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+    (src / "b").write_text("2")
+    push_dir(store, "ds", src)
+    assert not old.exists() and young.exists()  # a live writer's may be in use
+
+
+def test_verify_compares_modes_as_versions_record_them(store: artfs.Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"data.csv": "1", "run.sh": "#!/bin/sh\n"})
+    (src / "run.sh").chmod(0o755)
+    v = push_dir(store, "ds", src)
+    assert {e.path: oct(e.mode) for e in v.files()} == {"data.csv": "0o644", "run.sh": "0o755"}
+    (src / "data.csv").chmod(0o600)  # not executable either way: the same as 644
+    (src / "run.sh").chmod(0o700)  # executable: the same as 755
+    assert v.differences(src) == []
+    (src / "data.csv").chmod(0o744)
+    assert [(d.path, d.change) for d in v.differences(src)] == [("data.csv", "mode")]

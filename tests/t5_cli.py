@@ -454,3 +454,15 @@ def test_ctrl_c_stops_a_download_and_leaves_the_destination_as_it_was(store_url:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "interrupted" in err, err
     assert sorted(p.name for p in dest.iterdir()) == ["mine.txt"]  # no file of the version, no staging
+
+
+def test_verbose_output_has_timestamps_and_no_sdk_flood(seaweedfs: str, tmp_path: Path) -> None:
+    import re
+
+    src = make_tree(tmp_path / "src", {"a.txt": "a"})
+    r = run_cli("-vv", "push", "ds", str(src), store=f"s3://{S3_BUCKET}/logs-{os.getpid()}")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert any("claimed ds:v0" in line for line in lines)  # -v and up show the steps
+    stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d artfs: (DEBUG|INFO|WARNING|ERROR) artfs\.")
+    assert lines and all(stamped.match(line) for line in lines), lines  # ours only, each with a time
