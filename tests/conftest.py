@@ -251,3 +251,32 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+class Progress:
+    """A progress factory (what the CLI passes tqdm as) that records each bar: its total and
+    every update, by description."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self.updates: dict[str, list[int]] = {}
+
+    def __call__(self, *, total: int, desc: str) -> _Bar:
+        self.totals[desc] = total
+        self.updates[desc] = []
+        return _Bar(self.updates[desc])
+
+    def done(self) -> dict[str, tuple[int, int]]:
+        """Each bar's (total, sum of its updates)."""
+        return {desc: (total, sum(self.updates[desc])) for desc, total in self.totals.items()}
+
+
+class _Bar:
+    def __init__(self, updates: list[int]) -> None:
+        self.update = updates.append
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -30,7 +30,7 @@ from artfs.errors import (
 from artfs.manifest import Entry
 from artfs.sources import LocalFile
 
-from .conftest import GCS_BUCKET, S3_BUCKET, make_tree
+from .conftest import GCS_BUCKET, S3_BUCKET, Progress, make_tree
 
 BLOCK = 64 * 1024
 
@@ -352,27 +352,17 @@ def test_disk_full_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
 
 def test_progress_is_reported_for_transfers(store: artfs.Store, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {"a": os.urandom(3000), "b/c": os.urandom(5000)})
-    seen: dict[str, list[int]] = {}
-
-    class Recorder:
-        def __init__(self, *, total: int, desc: str) -> None:
-            self.desc = desc
-            seen[desc] = [total, 0]
-
-        def update(self, n: int) -> None:
-            seen[self.desc][1] += n
-
-        def __enter__(self) -> Recorder:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
+    progress = Progress()
 
     art = artfs.Artifact("ds")
     art.add_dir(src)
-    v = store.log_artifact(art, progress=Recorder)
-    v.download(tmp_path / "out", progress=Recorder)
-    assert seen == {"hashing": [8000, 8000], "uploading": [8000, 8000], "downloading": [8000, 8000]}
+    v = store.log_artifact(art, progress=progress)
+    v.download(tmp_path / "out", progress=progress)
+    assert progress.done() == {
+        "hashing": (8000, 8000),
+        "uploading": (8000, 8000),
+        "downloading": (8000, 8000),
+    }
 
 
 def test_a_get_never_straddles_a_span_boundary_of_its_object(small_block_store: artfs.Store) -> None:
@@ -537,25 +527,12 @@ def test_progress_counts_bytes_as_they_are_hashed_and_uploaded(
     small_block_store: artfs.Store, tmp_path: Path
 ) -> None:
     src = make_tree(tmp_path / "src", {"big.bin": os.urandom(160 * BLOCK)})  # 10 MiB
-    updates: dict[str, list[int]] = {}
-
-    class Recorder:
-        def __init__(self, *, total: int, desc: str) -> None:
-            self.desc = desc
-            updates[desc] = []
-
-        def update(self, n: int) -> None:
-            updates[self.desc].append(n)
-
-        def __enter__(self) -> Recorder:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
+    progress = Progress()
 
     art = artfs.Artifact("ds")
     art.add_dir(src)
-    small_block_store.log_artifact(art, progress=Recorder)
+    small_block_store.log_artifact(art, progress=progress)
+    updates = progress.updates
     assert sum(updates["hashing"]) == sum(updates["uploading"]) == 160 * BLOCK
     assert len([n for n in updates["hashing"] if n]) >= 160  # a block at a time, not a file
     assert len([n for n in updates["uploading"] if n]) >= 2
@@ -629,33 +606,17 @@ def test_checkout_is_exact_even_when_size_and_mtime_are_put_back(store: artfs.St
     assert v.materialize(dest, exact=True).replaced == ["a.txt"]
     assert (dest / "a.txt").read_text() == "alpha\n"
 
-    checked: list[int] = []
-
-    class Recorder:
-        def __init__(self, *, total: int, desc: str) -> None:
-            if desc == "checking":
-                checked.append(total)
-
-        def update(self, n: int) -> None:
-            pass
-
-        def __enter__(self) -> Recorder:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
     # Files just written are racy (a change in the same clock tick would not move their ctime):
     # as in git's index, the next look hashes them once more, and from then on they are trusted.
     time.sleep(2 * RACY_NS / 1e9)
-    assert v.materialize(dest, exact=True, progress=Recorder).unchanged == 2
-    assert v.materialize(dest, exact=True, progress=Recorder).unchanged == 2
-    checked.clear()
-    assert v.materialize(dest, exact=True, progress=Recorder).unchanged == 2
-    assert checked == []  # artfs knows them, nothing touched them since: nothing was read
+    assert v.materialize(dest, exact=True).unchanged == v.materialize(dest, exact=True).unchanged == 2
+    progress = Progress()
+    assert v.materialize(dest, exact=True, progress=progress).unchanged == 2
+    assert "checking" not in progress.totals  # artfs knows them, nothing touched them since: nothing read
     os.chmod(dest / "b.txt", 0o600)  # ctime moves: b.txt is hashed again, and found right
-    assert v.materialize(dest, exact=True, progress=Recorder).replaced == []
-    assert checked == [len("bravo\n")]
+    progress = Progress()
+    assert v.materialize(dest, exact=True, progress=progress).replaced == []
+    assert progress.done()["checking"] == (len("bravo\n"), len("bravo\n"))
 
 
 def test_type_changes_end_exactly_as_the_version_or_change_nothing(
