@@ -115,28 +115,28 @@ def _survey(root: Path, options: ScanOptions) -> _Local:
             dirs.add(s.path)
         else:
             paths[s.path] = s
-        parent = s.path.rpartition("/")[0]
-        while parent and parent not in dirs:
-            dirs.add(parent)
-            parent = parent.rpartition("/")[0]
-    return _Local(paths, dirs)
+    return _Local(paths, _with_parents(dirs, paths))
 
 
 def _version_dirs(manifest: Manifest) -> set[str]:
-    out = {e.path for e in manifest if e.kind == "dir"}
-    for e in manifest:
-        parent = e.path.rpartition("/")[0]
-        while parent and parent not in out:
-            out.add(parent)
+    return _with_parents({e.path for e in manifest if e.kind == "dir"}, (e.path for e in manifest))
+
+
+def _with_parents(dirs: set[str], paths: Iterable[str]) -> set[str]:
+    """`dirs` with every directory that `dirs` and `paths` lie in."""
+    for path in [*dirs, *paths]:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
             parent = parent.rpartition("/")[0]
-    return out
+    return dirs
 
 
 def _local_digests(
     manifest: Manifest, local: _Local, records: StatCache | None, progress: ProgressFactory
-) -> dict[str, tuple[FileDigest, int, os.stat_result]]:
+) -> tuple[dict[str, tuple[FileDigest, int, os.stat_result]], set[str]]:
     """For each version file with a local file at its path: the local content's digest, mode
-    and stat. Trusted from the records where they allow it, hashed otherwise."""
+    and stat, trusted from the records where they allow it; and the paths that were hashed."""
     stats = {
         e.path: st
         for e in manifest.files()
@@ -155,7 +155,7 @@ def _local_digests(
     for src, got in zip(to_hash, hashed, strict=True):
         assert src.stat is not None
         out[src.path] = (FileDigest(got.hash, got.size, got.blocks), got.mode, src.stat)
-    return out
+    return out, {s.path for s in to_hash}
 
 
 def _plan(
@@ -167,7 +167,7 @@ def _plan(
     progress: ProgressFactory,
 ) -> _Plan:
     local = _survey(root, ScanOptions(exclude=(f"/{STAGING}*/",), as_found=True, ignore_file=False))
-    digests = _local_digests(manifest, local, records, progress)
+    digests, hashed = _local_digests(manifest, local, records, progress)
     vdirs = _version_dirs(manifest)
     plan = _Plan(Changes(root))
     changes = plan.changes
@@ -213,13 +213,13 @@ def _plan(
         changes.unchanged += 1
         if mode != entry.mode or st.st_mtime_ns != entry.mtime:
             plan.fix.append(entry)
-        else:
+        elif path in hashed:  # worth recording: trusted next time
             plan.current.append((entry, st, digest))
     if conflicts:
-        shown = ", ".join(conflicts[:5]) + (", …" if len(conflicts) > 5 else "")
         raise ConflictError(
-            f"{root}: {len(conflicts)} path(s) are a directory on one side and not on the other "
-            f"({shown}); download never deletes what is not the version's: use checkout"
+            f"{root}: {_count(conflicts, 'path')} where the directory and the version disagree on "
+            f"what is a directory ({_some(conflicts)}); download never deletes what is not the "
+            "version's: use checkout"
         )
     if exact:
         extra_dirs, empty = local.extra_dirs(vdirs)
@@ -355,17 +355,21 @@ def materialize(
                 lost = changes.removed + changes.replaced
                 raise ConflictError(
                     f"{root} is not a checkout of {label[0]}: checkout would remove "
-                    f"{len(changes.removed)} and replace {len(changes.replaced)} path(s) there "
+                    f"{len(changes.removed)} and replace {_count(changes.replaced, 'path')} there "
                     f"({_some(lost)}); --dry-run lists them, --force does it"
                 )
         if dry_run:
             return changes
         written = _apply(plan, blobs, root, progress)
         records.record((os.stat(path), FileDigest(e.hash, e.size, e.blocks)) for e, path in written)
-        records.record((st, digest) for _, st, digest in plan.current)  # hashed ones: trusted next time
+        records.record((st, digest) for _, st, digest in plan.current)
         if label is not None:
             records.set_place(root, *label)
     return changes
+
+
+def _count(paths: list[str], word: str) -> str:
+    return f"{len(paths)} {word}" if len(paths) == 1 else f"{len(paths)} {word}s"
 
 
 def _some(paths: list[str], n: int = 3) -> str:
@@ -381,7 +385,7 @@ def differences(
     if not root.is_dir():
         raise InvalidInputError(f"{root} is not a directory")
     local = _survey(root, ScanOptions(exclude=tuple(exclude), as_found=True))
-    digests = _local_digests(manifest, local, None, progress)
+    digests, _ = _local_digests(manifest, local, None, progress)
     vdirs = _version_dirs(manifest)
     out: list[Difference] = []
     for path in sorted(vdirs | {e.path for e in manifest}):
