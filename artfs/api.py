@@ -21,20 +21,22 @@ from typing import IO, Any
 
 from .blobs import BlobStore
 from .catalog import Catalog, VersionRecord
-from .commit import CommitResult, commit
+from .commit import CommitResult, DirSource, Part, commit
 from .config import StoreConfig, default_store_url
 from .errors import (
     ArtifactNotFoundError,
     InvalidInputError,
     InvalidPathError,
     NotFoundError,
+    SourceNotFoundError,
     VerificationError,
 )
-from .manifest import Difference, Entry, Manifest
-from .names import LATEST, Ref, validate_alias, validate_name, validate_path
+from .manifest import EMPTY_DIGEST, Difference, Entry, Manifest
+from .names import LATEST, Ref, join_path, validate_alias, validate_name, validate_path
 from .progress import ProgressFactory, silent
-from .sources import LocalFile, ScanOptions, Source, scan, source_for
+from .sources import LocalFile, ScanOptions, Source, source_for
 from .storage import normalize_url, open_backend
+from .tree import Tree, diff, version_tree
 from .worktree import Changes, differences, materialize
 
 
@@ -96,7 +98,7 @@ class Store:
         return Version(self, rec, etag, held.get(rec.number, []))
 
     def diff(self, a: str, b: str) -> list[Difference]:
-        return self.artifact(a).manifest.diff(self.artifact(b).manifest)
+        return self.artifact(a).diff(self.artifact(b))
 
     # -- writing -----------------------------------------------------------------------------
     def log_artifact(
@@ -121,7 +123,7 @@ class Store:
             self.catalog,
             self.blobs,
             artifact.name,
-            artifact.sources(),
+            artifact.parts(),
             type=artifact.type,
             description=artifact.description,
             metadata=artifact.metadata,
@@ -168,16 +170,18 @@ class Artifact:
         self.type = validate_name(type, "type") if type is not None else None
         self.description = description
         self.metadata = dict(metadata or {})
-        self._sources: dict[str, Source] = {}
+        self._parts: list[Part] = []
+        self._files: set[str] = set()  # paths added one by one (a directory's are known at push)
         self._tmp: Path | None = None
 
     def __repr__(self) -> str:
-        return f"Artifact({self.name!r}, {len(self._sources)} entries)"
+        return f"Artifact({self.name!r}, {len(self._parts)} parts)"
 
     def _add(self, src: Source) -> None:
-        if src.path in self._sources:
+        if src.path in self._files:
             raise InvalidPathError(f"{self.name}: {src.path!r} was already added")
-        self._sources[src.path] = src
+        self._files.add(src.path)
+        self._parts.append(src)
 
     def add_file(self, local_path: str | os.PathLike[str], name: str | None = None) -> str:
         src = source_for(Path(local_path), name)
@@ -192,35 +196,41 @@ class Artifact:
         exclude: Iterable[str] = (),
         dereference: bool = False,
         one_file_system: bool = False,
-    ) -> list[str]:
-        """Add a directory's contents (under `name`, default the root). `exclude`: gitignore-style
-        patterns, added to those of a `.artfsignore` at its top. Symlinks that leave it are
-        refused unless `dereference` (store what they point to). Never enters an artfs mount;
-        with `one_file_system`, no other filesystem either."""
-        options = ScanOptions(tuple(exclude), dereference, one_file_system)
-        added = list(scan(Path(local_path), name, options))
-        for src in added:
-            self._add(src)
-        return [s.path for s in added]
+    ) -> None:
+        """Add a directory's contents (under `name`, default the root). It is read when the
+        artifact is logged (so a million files cost no memory here), and what cannot be stored
+        is reported then. `exclude`: gitignore-style patterns, added to those of a
+        `.artfsignore` at its top. Symlinks that leave it are refused unless `dereference`
+        (store what they point to). Never enters an artfs mount; with `one_file_system`, no
+        other filesystem either."""
+        local = Path(local_path)
+        if not local.exists():
+            raise SourceNotFoundError(f"{local}: no such directory")
+        if not local.is_dir():
+            raise InvalidPathError(f"{local} is not a directory; add it as a file")
+        prefix = join_path(None, name) if name and name.strip("/") else ""
+        self._parts.append(
+            DirSource(local, prefix, ScanOptions(tuple(exclude), dereference, one_file_system))
+        )
 
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:
         """Write a file that becomes part of the artifact when the `with` block ends."""
         path = validate_path(name)
-        if path in self._sources:
+        if path in self._files:
             raise InvalidPathError(f"{self.name}: {path!r} was already added")
         if self._tmp is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="artfs-new-"))
             weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
-        local = self._tmp / f"{len(self._sources)}-{posixpath.basename(path)}"
+        local = self._tmp / f"{len(self._parts)}-{posixpath.basename(path)}"
         with open(local, mode, encoding=encoding) as f:
             yield f
         self._add(Source(path, "file", LocalFile(str(local))))
 
-    def sources(self) -> list[Source]:
-        if not self._sources:
+    def parts(self) -> list[Part]:
+        if not self._parts:
             raise InvalidInputError(f"{self.name}: nothing was added")
-        return list(self._sources.values())
+        return list(self._parts)
 
 
 @dataclass(frozen=True)
@@ -314,8 +324,14 @@ class Version:
         return self._record.label
 
     @cached_property
+    def tree(self) -> Tree:
+        """The version's tree, loaded a directory at a time as it is used."""
+        return version_tree(self.store.blobs, self._record, self.store.blobs.block_size)
+
+    @cached_property
     def manifest(self) -> Manifest:
-        return self.store.blobs.get_manifest(self._record.manifest)
+        """Every entry at once, in path order (loads the whole tree: `files()` streams)."""
+        return self.tree.manifest()
 
     def to_dict(self) -> dict[str, Any]:
         d = self._record.to_dict()
@@ -324,14 +340,22 @@ class Version:
         )
         return d
 
-    def files(self) -> list[ArtifactFile]:
-        return [ArtifactFile(self, e) for e in self.manifest]
+    def files(self) -> Iterator[ArtifactFile]:
+        """Every file, link and empty directory, a directory of the tree at a time."""
+        return (
+            ArtifactFile(self, e) for e in self.tree.walk() if e.kind != "dir" or e.digest == EMPTY_DIGEST
+        )
 
     def get_path(self, path: str) -> ArtifactFile:
-        entry = self.manifest.get(validate_path(path))
-        if entry is None:
+        """One path of the version (loads only the directories on its way)."""
+        entry = self.tree.lookup(validate_path(path))
+        if entry is None or (entry.kind == "dir" and entry.digest != EMPTY_DIGEST):
             raise NotFoundError(f"{self.qualified_name} has no file {path!r}")
         return ArtifactFile(self, entry)
+
+    def diff(self, other: Version) -> list[Difference]:
+        """What changes from this version to `other`, comparing only subtrees that differ."""
+        return diff(self.tree, other.tree)
 
     get_entry = get_path  # W&B's newer name
 
@@ -342,7 +366,7 @@ class Version:
     def fetch_files_list(self) -> list[FileData]:
         """Neptune's fetch_files_list: one FileData per file (hash, path, size, and the source
         URI and last-modified time in `metadata`)."""
-        return [FileData.of(e) for e in self.manifest.files()]
+        return [FileData.of(f.entry) for f in self.files() if f.entry.is_file]
 
     def open(self, path: str) -> io.BufferedReader:
         """A verified, lazily fetched binary reader for one file (symlinks are followed)."""

@@ -1,4 +1,4 @@
-"""Content-addressed data in a store: blobs (file contents), packs and manifests.
+"""Content-addressed data in a store: blobs (file contents), packs, tree objects and manifests.
 
 All are write-once and named by the xxh3-128 of their bytes, so whatever is read back is checked
 against its name: a blob block whose hash differs from the manifest's is never returned.
@@ -16,6 +16,8 @@ import io
 import itertools
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Protocol
@@ -33,6 +35,7 @@ Piece = tuple[Entry, int]  # block `index` of a file's content
 SPAN_BYTES = 8 * 1024 * 1024  # at most this much in one GET: a blob's blocks, or a pack's files
 SPAN_GAP = 256 * 1024  # bytes a GET may fetch for nothing to save a request (see `spans`)
 VIEW_MIN = 64 * 1024  # pieces of a span this big are served as views of it (see `read_span`)
+OBJECT_CACHE = 32 * 1024 * 1024  # bytes of recently used tree objects kept in memory
 
 
 class LocalFile(Protocol):
@@ -82,6 +85,9 @@ class BlobStore:
         self.backend = backend
         self.block_size = block_size
         self.packs = not self.on_this_machine  # small files go into packs (see the docstring)
+        self._objects = _Objects(OBJECT_CACHE)
+        self.objects_read = 0  # tree objects read from the store, and their bytes (for stats)
+        self.object_bytes_read = 0
 
     # -- blobs ------------------------------------------------------------------------------
     def has(self, content_hash: str) -> bool:
@@ -212,13 +218,44 @@ class BlobStore:
     def open(self, entry: Entry) -> io.BufferedReader:
         return io.BufferedReader(_BlobReader(self, entry), buffer_size=self.block_size)
 
-    # -- manifests --------------------------------------------------------------------------
-    def put_manifest(self, manifest: Manifest) -> str:
-        data = manifest.to_bytes()
-        object_hash = hash_bytes(data)
-        with contextlib.suppress(PreconditionFailedError):
-            self.backend.put(keys.manifest(object_hash), data, if_absent=True)
-        return object_hash
+    # -- tree objects (format 2) and manifests (format 1) ------------------------------------
+    def put_objects(self, objects: Iterable[tuple[str, bytes]]) -> int:
+        """Store tree, index and block-list objects (write-once, by key); returns how many were
+        new. Each is kept in memory too: what was just written is often read next."""
+        written = 0
+        for key, data in objects:
+            try:
+                self.backend.put(keys.tree(key), data, if_absent=True)
+                written += 1
+            except PreconditionFailedError:  # the same object is there already
+                pass
+            self._objects.keep(key, data)
+        return written
+
+    def get_tree(self, key: str) -> bytes:
+        """A tree, index or block-list object, checked against its key; the recently used ones
+        come from memory."""
+        data = self._objects.get(key)
+        if data is not None:
+            return data
+        try:
+            data = self.backend.get(keys.tree(key)).data
+        except ObjectNotFoundError:
+            log.error("tree object %s is missing from %s", key, self.backend.url)
+            raise CorruptDataError(f"tree object {key} is missing from the store") from None
+        if hash_bytes(data) != key:
+            log.error("tree object %s is corrupt in %s", key, self.backend.url)
+            raise CorruptDataError(f"tree object {key} is corrupt")
+        self.objects_read += 1
+        self.object_bytes_read += len(data)
+        self._objects.keep(key, data)
+        return data
+
+    def has_tree(self, key: str) -> bool:
+        return self._objects.get(key) is not None
+
+    get_chunk = get_tree  # block-list chunks are objects of the same kind
+    has_chunk = has_tree
 
     def get_manifest(self, object_hash: str) -> Manifest:
         try:
@@ -229,6 +266,32 @@ class BlobStore:
             log.error("manifest %s is corrupt in %s", object_hash, self.backend.url)
             raise CorruptDataError(f"manifest {object_hash} is corrupt")
         return Manifest.from_bytes(data)
+
+
+class _Objects:
+    """Recently used tree objects by key, up to a byte budget (least recently used go)."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def keep(self, key: str, data: bytes) -> None:
+        with self._lock:
+            if key in self._items or len(data) > self._budget // 4:
+                return
+            self._items[key] = data
+            self._bytes += len(data)
+            while self._bytes > self._budget:
+                self._bytes -= len(self._items.popitem(last=False)[1])
 
 
 class _BlobReader(io.RawIOBase):

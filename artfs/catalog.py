@@ -42,7 +42,8 @@ class VersionRecord:
     number: int
     type: str
     digest: str = ""
-    manifest: str = ""
+    manifest: str = ""  # format 1: the key of its manifest
+    tree: str = ""  # format 2: the key of its root tree object
     size: int = 0
     files: int = 0
     description: str = ""

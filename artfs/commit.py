@@ -1,9 +1,22 @@
-"""Turning sources into a version: hash, upload what the store lacks, write the manifest, claim
-the next number, move aliases. Also the conflict policies of `push --on-conflict`.
+"""Turning sources into a version: walk and hash, upload what the store lacks, write the tree
+objects, claim the next number, move aliases. Also the conflict policies of `push --on-conflict`.
 
-Order makes it crash-safe: blobs and the manifest are written (write-once) before the version
-record that names them, and the record before any alias moves. A committer killed at any point
-leaves either no new version or a complete one; stray blobs are garbage for `gc`.
+A push streams (a version of 1,000,000 files is pushed holding one directory per level): each
+directory of a source is read, its files hashed on worker threads, and it is written as soon as
+everything in it is, post-order. A file's content is placed where the parent version (the newest)
+has it when the same name there has the same hash; else the store gets it (a blob, unless it has
+that blob already; on a remote store a small file goes into a pack, in path order). A file whose
+size, mtime and ctime match artfs's record of it (statcache) is not read at all, so an unchanged
+push reads no content. A directory whose object is the parent version's is not written again, so
+a one-file change writes the objects on its path, O(depth).
+
+Packs are named by a random id, not by a hash of their bytes: a file's place in a pack is then
+known the moment it is added, and the directory naming it can be written at once. Each file in a
+pack is still checked against its own hash on every read.
+
+Order makes it crash-safe: blobs, packs and tree objects are written (write-once) before the
+version record that names them, and the record before any alias moves. A committer killed at any
+point leaves either no new version or a complete one; what it wrote is garbage for `gc`.
 """
 
 from __future__ import annotations
@@ -11,29 +24,57 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import secrets
 import socket
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from . import keys
 from ._version import __version__
 from .blobs import BlobStore
 from .catalog import Catalog, VersionRecord
-from .digest import FileDigest
-from .errors import ArtifactExistsError, InvalidInputError, TypeMismatchError, VersionInUseError
-from .manifest import Entry, Manifest
-from .names import LATEST, validate_alias, validate_name
-from .progress import ProgressFactory, silent
-from .sources import LocalFile, Source, hash_sources
-from .workers import Pool
+from .config import StoreConfig
+from .digest import FileDigest, hash_bytes, hash_fd
+from .errors import (
+    ArtifactExistsError,
+    ContentChangedError,
+    InvalidInputError,
+    InvalidPathError,
+    SourceNotFoundError,
+    TypeMismatchError,
+    VersionInUseError,
+)
+from .manifest import BlockHashes, Entry, chunk_objects, encode_dir, normal_mode
+from .names import LATEST, join_path, validate_alias, validate_name
+from .progress import Bar, ProgressFactory, extend, silent
+from .sources import LocalFile, OpenDir, ScanOptions, Source, Walk
+from .statcache import StatCache
+from .tree import Tree, version_tree
+from .workers import Pool, checkpoint
 
 log = logging.getLogger(__name__)
 
 ON_CONFLICT = ("new", "skip", "error", "replace")
-UPLOAD_WORKERS = 8
+WORKERS = min(16, (os.cpu_count() or 2) * 2)
 PACK_FILE = 256 * 1024  # files up to this size go into packs (on a remote store)
 PACK_BYTES = 8 * 1024 * 1024  # about this much per pack
+
+
+@dataclass(frozen=True)
+class DirSource:
+    """A local directory whose contents go below `prefix` ("" = the root) of the version."""
+
+    local: Path
+    prefix: str = ""
+    options: ScanOptions = field(default_factory=ScanOptions)
+
+
+Part = DirSource | Source  # a directory to walk, or one file (or link, or empty dir) at its path
 
 
 @dataclass(frozen=True)
@@ -44,6 +85,7 @@ class CommitResult:
     aliases_moved: tuple[str, ...] = ()  # aliases this commit pointed at `record`
     amended: tuple[str, ...] = ()  # fields of an unchanged `record` this commit updated
     deleted: tuple[str, ...] = ()  # versions --on-conflict replace deleted
+    written: int = 0  # tree objects written
 
 
 def producer() -> dict[str, Any]:
@@ -58,74 +100,304 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def upload_missing(
-    blobs: BlobStore,
-    manifest: Manifest,
-    sources: dict[str, Source],
-    progress: ProgressFactory,
-    parent: Manifest | None = None,
-) -> Manifest:
-    """Upload the contents the store does not have yet; return the manifest saying where each
-    one is. Contents the parent version has are where the parent says. On a remote store,
-    other files of at most PACK_FILE go up in packs of about PACK_BYTES, in path order, so a
-    directory's files sit side by side; the rest are blobs, uploaded unless the store has them."""
-    known = {e.hash: e for e in parent.files()} if parent is not None else {}
-    placed = {h: e for h, e in known.items() if e.pack}
-    singles: dict[str, Entry] = {}
-    packed: dict[str, Entry] = {}
-    for e in manifest.files():
-        if e.hash in known or e.hash in singles or e.hash in packed:
-            continue
-        small = blobs.packs and e.size <= PACK_FILE
-        (packed if small else singles)[e.hash] = e
-    local: dict[str, LocalFile] = {}
-    for e in (*singles.values(), *packed.values()):
-        file = sources[e.path].local
-        assert file is not None, "a file source has a local file"
-        local[e.path] = file
-    with Pool(UPLOAD_WORKERS) as pool:
-        present = dict(zip(singles, pool.map(blobs.has, singles), strict=True))
-    missing = [e for h, e in singles.items() if not present[h]]
-    packs = _packs(list(packed.values()))
-    log.info(
-        "uploading %d blobs the store lacks and %d small files in %d packs (%d already stored)",
-        len(missing),
-        len(packed),
-        len(packs),
-        len(singles) - len(missing),
-    )
-    total = sum(e.size for e in missing) + sum(e.size for e in packed.values())
-    # The pool ends (its tasks stopped and their temp files gone) before the batch does.
-    with progress(total=total, desc="uploading") as bar, blobs.backend.batch(), Pool(UPLOAD_WORKERS) as pool:
-        pool.run(
-            lambda e: blobs.upload(local[e.path], FileDigest(e.hash, e.size, e.blocks), bar.update), missing
+class Packer:
+    """Small files of a remote store, end to end in packs of about PACK_BYTES (see the module
+    docstring). Sealed packs go up on the pool while the push goes on."""
+
+    def __init__(self, blobs: BlobStore, pool: Pool, bar: Bar) -> None:
+        self._blobs = blobs
+        self._pool = pool
+        self._bar = bar
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._id = secrets.token_hex(16)
+        self._uploads: list[Future[None]] = []
+
+    def add(self, entry: Entry, local: LocalFile) -> Entry:
+        """Put a file's content in the open pack (checked against its hash); return its entry
+        saying where."""
+        checkpoint()
+        fd = local.open()
+        try:
+            data = os.pread(fd, entry.size + 1, 0)
+        finally:
+            os.close(fd)
+        if hash_bytes(data) != entry.hash:
+            raise ContentChangedError(f"{local} changed while it was being pushed; push again")
+        placed = replace(entry, pack=self._id, offset=self._size)
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= PACK_BYTES:
+            self.seal()
+        return placed
+
+    def seal(self) -> None:
+        if not self._parts:
+            return
+        data, key = b"".join(self._parts), keys.pack(self._id)
+        self._parts, self._size, self._id = [], 0, secrets.token_hex(16)
+        extend(self._bar, len(data))
+
+        def upload() -> None:
+            self._blobs.backend.put(key, data, if_absent=True)
+            self._bar.update(len(data))
+
+        self._uploads.append(self._pool.submit(upload))
+
+    def close(self) -> None:
+        self.seal()
+        for upload in self._uploads:
+            upload.result()
+
+
+@dataclass
+class _Frame:
+    """A directory being written: where it goes, what the parent version has there, and its
+    children as they become ready."""
+
+    path: str
+    old: dict[str, Entry]
+    old_tree: str
+    subdirs: list[OpenDir]
+    files: list[tuple[Source, Future[tuple[Entry, FileDigest | None, bool]]]] = field(default_factory=list)
+    children: list[Entry] = field(default_factory=list)
+
+
+class TreeWriter:
+    """Writes parts as a version's tree (see the module docstring); `write` returns the root."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        parent: Tree | None,
+        records: StatCache,
+        pool: Pool,
+        hashing: Bar,
+        uploading: Bar,
+    ) -> None:
+        self.blobs = blobs
+        self.parent = parent
+        self.records = records
+        self.pool = pool
+        self.hashing = hashing
+        self.uploading = uploading
+        self.packer = Packer(blobs, pool, uploading) if blobs.packs else None
+        self.written = 0  # tree objects written (not there already)
+        self._placed: dict[str, Entry] = {}  # content hash → where this push put it
+        self._lock = threading.Lock()
+
+    def write(self, parts: Iterable[Part]) -> Entry:
+        items: list[Entry] = []
+        for part in parts:
+            if isinstance(part, DirSource):
+                items.append(self._walk(part))
+            else:
+                items.append(self._single(part))
+        root = self._assemble(items)
+        if self.packer is not None:
+            self.packer.close()
+        return root
+
+    # -- a directory tree, post-order ----------------------------------------------------------
+    def _walk(self, part: DirSource) -> Entry:
+        walk = Walk(part.local, part.options)
+        frames = [self._open(walk, walk.top(), part.prefix)]
+        try:
+            while True:
+                frame = frames[-1]
+                if frame.subdirs:
+                    d = frame.subdirs.pop(0)
+                    frames.append(self._open(walk, d, join_path(part.prefix, d.rel)))
+                    continue
+                frames.pop()
+                done = self._close(frame)
+                if not frames:
+                    return done
+                frames[-1].children.append(done)
+        finally:
+            for frame in frames:
+                for d in frame.subdirs:
+                    os.close(d.fd)
+
+    def _open(self, walk: Walk, d: OpenDir, path: str) -> _Frame:
+        old_entry = self.parent.lookup(path) if self.parent is not None else None
+        old: dict[str, Entry] = {}
+        if old_entry is not None and old_entry.kind == "dir" and self.parent is not None:
+            old = {e.name: e for e in self.parent.directory(old_entry).children()}
+        sources, subdirs = walk.list(d)
+        frame = _Frame(
+            path, old, old_entry.tree if old_entry is not None and old_entry.kind == "dir" else "", subdirs
         )
-        for done in pool.map(lambda entries: blobs.upload_pack(entries, local, bar.update), packs):
-            placed.update((e.hash, e) for e in done)
-    return Manifest.build(
-        (replace(e, pack=placed[e.hash].pack, offset=placed[e.hash].offset) if e.hash in placed else e)
-        for e in manifest
-    )
+        files = [s for s in sources if s.kind == "file"]
+        trusted = self.records.known(s.stat for s in files if s.stat is not None)
+        for s in sources:
+            target = join_path(path, s.path.rpartition("/")[2]) if path else s.path.rpartition("/")[2]
+            if s.kind == "link":
+                frame.children.append(Entry(target, "link", target=s.target))
+            elif s.kind == "file":
+                assert s.stat is not None and s.local is not None
+                known = trusted.get((s.stat.st_dev, s.stat.st_ino))
+                if known is None:
+                    extend(self.hashing, s.stat.st_size)
+                frame.files.append(
+                    (
+                        s,
+                        self.pool.submit(
+                            self._file, s.local, s.stat, target, old.get(target.rpartition("/")[2]), known
+                        ),
+                    )
+                )
+        return frame
 
+    def _close(self, frame: _Frame) -> Entry:
+        hashed = []
+        for src, future in frame.files:
+            entry, digest, placed = future.result()
+            assert src.stat is not None and src.local is not None
+            if digest is not None:
+                hashed.append((src.stat, digest))
+            frame.children.append(entry if placed else self._pack(entry, src.local))
+        self.records.record(hashed)
+        return self._write_dir(frame.path, frame.children, frame.old_tree)
 
-def _packs(entries: list[Entry]) -> list[list[Entry]]:
-    """Consecutive groups of about PACK_BYTES (a pack ends after the file that reaches it)."""
-    out: list[list[Entry]] = [[]]
-    size = 0
-    for e in entries:  # in path order, as the manifest lists them
-        if size >= PACK_BYTES:
-            out.append([])
-            size = 0
-        out[-1].append(e)
-        size += e.size
-    return [p for p in out if p]
+    def _write_dir(self, path: str, children: list[Entry], old_tree: str = "") -> Entry:
+        checkpoint()
+        objects = encode_dir(children)
+        if objects.key != old_tree:  # the parent version's object for this path is there already
+            written = self.blobs.put_objects(objects.objects)
+            self.written += written
+        files = sum(c.files if c.kind == "dir" else c.kind == "file" for c in children)
+        size = sum(c.size for c in children if c.kind != "link")
+        return Entry(path, "dir", size, 0o755, tree=objects.key, digest=objects.digest, files=files)
+
+    # -- one file (on a worker thread) ---------------------------------------------------------
+    def _file(
+        self, local: LocalFile, st: os.stat_result, path: str, old: Entry | None, known: FileDigest | None
+    ) -> tuple[Entry, FileDigest | None, bool]:
+        """The file's entry; its digest, if it had to be hashed; and whether its content has a
+        place (else it is a small file for a pack, which `_pack` adds in path order)."""
+        hashed = None
+        if known is None:
+            fd = local.open()
+            try:
+                hashed = known = hash_fd(fd, self.blobs.block_size, self._hashed)
+            finally:
+                os.close(fd)
+        entry = Entry(
+            path, "file", known.size, normal_mode(st.st_mode), known.hash, known.blocks, st.st_mtime_ns
+        )
+        if old is not None and old.kind == "file" and old.hash == entry.hash:
+            return (
+                self._place(replace(entry, blocks=old.blocks, pack=old.pack, offset=old.offset)),
+                hashed,
+                True,
+            )
+        placed = self._where(entry)
+        if placed is not None:
+            return placed, hashed, True
+        if self.packer is not None and entry.size <= PACK_FILE:
+            return entry, hashed, False
+        if not self.blobs.has(entry.hash):
+            extend(self.uploading, entry.size)
+            self.blobs.upload(
+                local, FileDigest(entry.hash, entry.size, tuple(entry.blocks)), self.uploading.update
+            )
+        return self._place(entry), hashed, True
+
+    def _hashed(self, n: int) -> None:
+        self.hashing.update(n)
+        checkpoint()
+
+    def _where(self, entry: Entry) -> Entry | None:
+        """`entry` where this push has put the same content already, or None."""
+        with self._lock:
+            placed = self._placed.get(entry.hash)
+        return (
+            None
+            if placed is None
+            else replace(entry, blocks=placed.blocks, pack=placed.pack, offset=placed.offset)
+        )
+
+    def _pack(self, entry: Entry, local: LocalFile) -> Entry:
+        assert self.packer is not None
+        return self._where(entry) or self._place(self.packer.add(entry, local))
+
+    def _place(self, entry: Entry) -> Entry:
+        """Store the block list of a big file as chunk objects; remember where the content is."""
+        if entry.blocks and not isinstance(entry.blocks, BlockHashes):
+            chunks = chunk_objects(entry.blocks)
+            self.blobs.put_objects(chunks)
+            entry = replace(
+                entry, blocks=BlockHashes(tuple(k for k, _ in chunks), len(entry.blocks), self.blobs)
+            )
+        with self._lock:
+            self._placed.setdefault(entry.hash, entry)
+        return entry
+
+    # -- single files and putting parts together ---------------------------------------------
+    def _single(self, src: Source) -> Entry:
+        if src.kind == "link":
+            return Entry(src.path, "link", target=src.target)
+        if src.kind == "dir":
+            return self._write_dir(src.path, [])
+        assert src.local is not None
+        try:
+            fd = src.local.open()
+            st = os.fstat(fd)
+            os.close(fd)
+        except FileNotFoundError:
+            raise SourceNotFoundError(f"{src.local}: no such file") from None
+        old = self.parent.lookup(src.path) if self.parent is not None else None
+        known = self.records.known([st]).get((st.st_dev, st.st_ino))
+        if known is None:
+            extend(self.hashing, st.st_size)
+        entry, digest, placed = self._file(src.local, st, src.path, old, known)
+        if digest is not None:
+            self.records.record([(st, digest)])
+        return entry if placed else self._pack(entry, src.local)
+
+    def _assemble(self, items: list[Entry]) -> Entry:
+        """The root holding every part at its path: parts at the root merge their contents,
+        directories that meet merge, anything else that meets is an error."""
+        below: dict[str, list[Entry]] = {"": []}
+        for e in items:
+            if e.path == "":
+                below[""] += self._children(e)
+                continue
+            parent = e.path.rpartition("/")[0]
+            below.setdefault(parent, []).append(e)
+            while parent and parent.rpartition("/")[0] not in below:
+                below.setdefault(parent.rpartition("/")[0], [])
+                parent = parent.rpartition("/")[0]
+        for path in sorted(below, key=lambda p: p.count("/") + bool(p), reverse=True):
+            if path:
+                parent_path = path.rpartition("/")[0]
+                below.setdefault(parent_path, []).append(self._write_dir(path, self._merged(below[path])))
+        return self._write_dir("", self._merged(below[""]))
+
+    def _merged(self, children: list[Entry]) -> list[Entry]:
+        by_name: dict[str, Entry] = {}
+        for e in children:
+            other = by_name.get(e.name)
+            if other is None:
+                by_name[e.name] = e
+            elif other.kind == e.kind == "dir":
+                by_name[e.name] = self._write_dir(
+                    e.path, self._merged(self._children(other) + self._children(e))
+                )
+            else:
+                raise InvalidPathError(f"two entries for {e.path!r}: it was added twice")
+        return list(by_name.values())
+
+    def _children(self, d: Entry) -> list[Entry]:
+        return Tree(self.blobs, d, self.blobs.block_size).directory(d).children()
 
 
 def commit(
     catalog: Catalog,
     blobs: BlobStore,
     name: str,
-    sources: Iterable[Source],
+    parts: Iterable[Part],
     *,
     type: str | None = None,
     description: str = "",
@@ -135,7 +407,7 @@ def commit(
     delete_aliases: bool = False,
     progress: ProgressFactory = silent,
 ) -> CommitResult:
-    """Commit `sources` as the next version of `name` (see the module docstring)."""
+    """Commit `parts` as the next version of `name` (see the module docstring)."""
     validate_name(name)
     aliases = [validate_alias(a) for a in aliases if a != LATEST]
     if on_conflict not in ON_CONFLICT:
@@ -160,11 +432,24 @@ def commit(
                 "add --delete-aliases to delete them too"
             )
 
-    source_list = list(sources)
-    by_path = {s.path: s for s in source_list}
-    manifest = Manifest.build(hash_sources(source_list, blobs.block_size, progress), blobs.block_size)
-    log.info("%s: hashed %d paths, %d bytes; digest %s", name, len(manifest), manifest.size, manifest.digest)
-    if latest is not None and latest.digest == manifest.digest and on_conflict != "replace":
+    parent = version_tree(blobs, latest, blobs.block_size) if latest is not None else None
+    with (
+        StatCache() as records,
+        progress(total=0, desc="hashing") as hashing,
+        progress(total=0, desc="uploading") as uploading,
+        blobs.backend.batch(),
+        Pool(WORKERS) as pool,  # ends (its tasks stopped, their temp files gone) before the batch
+    ):
+        writer = TreeWriter(blobs, parent, records, pool, hashing, uploading)
+        root = writer.write(parts)
+    log.info("%s: %d files, %d bytes; digest %s; %d tree objects written", name, root.files, root.size,
+             root.digest, writer.written)  # fmt: skip
+    if (
+        latest is not None
+        and parent is not None
+        and root.digest == parent.digest
+        and on_conflict != "replace"
+    ):
         moved = tuple(a for a in aliases if catalog.set_alias(name, a, latest.number))
         amended: list[str] = []
 
@@ -181,25 +466,22 @@ def commit(
         latest = catalog.amend(name, latest.number, amend)
         return CommitResult(latest, created=False, aliases_moved=moved, amended=tuple(amended))
 
-    parent = blobs.get_manifest(latest.manifest) if latest is not None else None
-    manifest = upload_missing(blobs, manifest, by_path, progress, parent)
-    manifest_hash = blobs.put_manifest(manifest)
-
     def record(number: int) -> VersionRecord:
         return VersionRecord(
             name=name,
             number=number,
             type=type or "dataset",
-            digest=manifest.digest,
-            manifest=manifest_hash,
-            size=manifest.size,
-            files=sum(1 for _ in manifest.files()),
+            digest=root.digest,
+            tree=root.tree,
+            size=root.size,
+            files=root.files,
             description=description,
             metadata=dict(metadata or {}),
             created_at=now(),
             producer=producer(),
         )
 
+    StoreConfig.upgrade(catalog.backend)  # before the first format-2 version: see `upgrade`
     rec = catalog.claim(name, record)
     log.info("claimed %s", rec.label)
     catalog.set_alias(name, LATEST, rec.number, forward_only=True)
@@ -208,4 +490,6 @@ def commit(
     for old in doomed:
         catalog.delete_version(old, delete_aliases=True)
         deleted.append(old.label)
-    return CommitResult(rec, created=True, aliases_moved=moved, deleted=tuple(deleted))
+    return CommitResult(
+        rec, created=True, aliases_moved=moved, deleted=tuple(deleted), written=writer.written
+    )

@@ -22,7 +22,8 @@ from .storage import Backend
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # of stores this artfs writes: format-2 versions (trees)
+READS = (1, 2)  # format 1: stores whose versions are all one-document manifests
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -88,8 +89,11 @@ class StoreConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
 
     def check(self, url: str) -> StoreConfig:
-        if self.format != FORMAT:
-            raise StoreFormatError(f"{url} has store format {self.format}; this artfs reads format {FORMAT}")
+        if self.format not in READS:
+            readable = " and ".join(map(str, READS))
+            raise StoreFormatError(
+                f"{url} has store format {self.format}; this artfs reads formats {readable}"
+            )
         if self.hash != ALGORITHM:
             raise StoreFormatError(f"{url} hashes with {self.hash!r}; this artfs uses {ALGORITHM!r}")
         if not (64 * 1024 <= self.block_size <= 1 << 30):
@@ -126,3 +130,18 @@ class StoreConfig:
         except (KeyError, TypeError, ValueError):
             raise StoreFormatError(f"{backend.url}: config is malformed: {doc!r}") from None
         return config.check(backend.url)
+
+    @staticmethod
+    def upgrade(backend: Backend) -> None:
+        """Mark a format-1 store as format 2 before the first format-2 version goes in, so an
+        older artfs refuses the store with a clear message instead of failing on a version it
+        cannot read (compare-and-swap: a concurrent upgrade is as good as ours)."""
+        doc, etag = backend.get_json(keys.CONFIG)
+        if doc.get("format") == 1:
+            with contextlib.suppress(PreconditionFailedError):
+                backend.put_json(keys.CONFIG, {**doc, "format": FORMAT}, if_match=etag)
+                log.info(
+                    "%s: store format 1 → %d (it now holds versions older artfs cannot read)",
+                    backend.url,
+                    FORMAT,
+                )

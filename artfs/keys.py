@@ -3,7 +3,9 @@
 config                              format record, read first and checked always
 blobs/ab/abcdef…                    file contents, write-once, named by content hash
 packs/ab/abcdef…                    small files' contents end to end, write-once, named by hash
-manifests/ab/abcdef…                manifests, write-once, named by the hash of their bytes
+trees/ab/abcdef…                    tree, index and block-list objects of format-2 versions, write-once,
+                                    named by the hash of their bytes
+manifests/ab/abcdef…                format-1 manifests, write-once, named by the hash of their bytes
 artifacts/<name>/versions/<N>       version record, created with put-if-absent
 artifacts/<name>/aliases/<alias>    alias record, moved with compare-and-swap
 """
@@ -20,6 +22,10 @@ def blob(content_hash: str) -> str:
 
 def pack(object_hash: str) -> str:
     return f"packs/{object_hash[:2]}/{object_hash}"
+
+
+def tree(object_hash: str) -> str:
+    return f"trees/{object_hash[:2]}/{object_hash}"
 
 
 def manifest(object_hash: str) -> str:

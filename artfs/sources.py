@@ -108,60 +108,86 @@ def _ignore_spec(root: Root, options: ScanOptions) -> pathspec.PathSpec | None:
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
+@dataclass(frozen=True)
+class OpenDir:
+    """A directory of a walk, open: its descriptor, its path from the top, and the ids of the
+    directories above it (a link leading back to one of them is a loop)."""
+
+    fd: int
+    rel: str
+    ancestors: frozenset[tuple[int, int]]
+
+
+class Walk:
+    """A directory tree being read, one directory at a time (see the module docstring): `top()`
+    opens the top, `list(d)` gives a directory's sources and its subdirectories, open, and
+    closes it. Nothing is ever opened by a path longer than one name."""
+
+    def __init__(self, root_path: Path, options: ScanOptions = ScanOptions()) -> None:
+        try:
+            self.root = Root(root_path)
+        except FileNotFoundError:
+            raise SourceNotFoundError(f"{root_path}: no such directory") from None
+        except NotADirectoryError:
+            raise InvalidPathError(f"{root_path} is not a directory") from None
+        self.options = options
+        top = os.fstat(self.root.fd)
+        self._device = top.st_dev
+        self._top_id = (top.st_dev, top.st_ino)
+        self._mounts = artfs_devices()
+        if top.st_dev in self._mounts and not options.as_found:
+            raise InvalidPathError(
+                f"{root_path} is on an artfs mount: its content is in the store already "
+                "(give it another name with `artfs alias`, or push from the original files)"
+            )
+        self._ignore = _ignore_spec(self.root, options)
+
+    def top(self) -> OpenDir:
+        return OpenDir(os.open(".", _DIR_FLAGS, dir_fd=self.root.fd), "", frozenset({self._top_id}))
+
+    def list(self, d: OpenDir) -> tuple[list[Source], list[OpenDir]]:
+        """A directory's files, links and (when it holds nothing else) itself as an empty "dir"
+        source, in name order; and its subdirectories, open. Closes `d`."""
+        try:
+            return _list(self.root, d, self._ignore, self.options, self._device, self._mounts)
+        finally:
+            os.close(d.fd)
+
+    def sources(self, prefix: str | None = None) -> Iterator[Source]:
+        """Every source, directories before what is in them, with paths below `prefix`."""
+        stack = [self.top()]
+        try:
+            while stack:
+                found, subdirs = self.list(stack.pop())
+                for source in found:
+                    yield replace(source, path=join_path(prefix, source.path)) if prefix else source
+                stack.extend(reversed(subdirs))
+        finally:
+            for d in stack:
+                os.close(d.fd)
+
+
 def scan(
     root_path: Path, prefix: str | None = None, options: ScanOptions = ScanOptions()
 ) -> Iterator[Source]:
-    """Sources for every file, symlink and empty directory below `root_path`, in path order
-    within each directory. Raises InvalidPathError for what cannot be stored (naming it)."""
-    try:
-        root = Root(root_path)
-    except FileNotFoundError:
-        raise SourceNotFoundError(f"{root_path}: no such directory") from None
-    except NotADirectoryError:
-        raise InvalidPathError(f"{root_path} is not a directory") from None
-    top = os.fstat(root.fd)
-    mounts = artfs_devices()
-    if top.st_dev in mounts and not options.as_found:
-        raise InvalidPathError(
-            f"{root_path} is on an artfs mount: its content is in the store already "
-            "(give it another name with `artfs alias`, or push from the original files)"
-        )
-    ignore = _ignore_spec(root, options)
-    # A stack of directories still to list: (descriptor, path from the root, ancestors' ids).
-    stack: list[tuple[int, str, frozenset[tuple[int, int]]]] = [
-        (os.open(".", _DIR_FLAGS, dir_fd=root.fd), "", frozenset({(top.st_dev, top.st_ino)}))
-    ]
-    try:
-        while stack:
-            dir_fd, rel_dir, ancestors = stack.pop()
-            try:
-                found, subdirs = _list(root, dir_fd, rel_dir, ancestors, ignore, options, top.st_dev, mounts)
-            finally:
-                os.close(dir_fd)
-            for source in found:
-                yield replace(source, path=join_path(prefix, source.path)) if prefix else source
-            stack.extend(reversed(subdirs))
-    finally:
-        for fd, _, _ in stack:
-            os.close(fd)
+    """Sources for every file, symlink and empty directory below `root_path`. Raises
+    InvalidPathError for what cannot be stored (naming it)."""
+    return Walk(root_path, options).sources(prefix)
 
 
 def _list(
     root: Root,
-    dir_fd: int,
-    rel_dir: str,
-    ancestors: frozenset[tuple[int, int]],
+    d: OpenDir,
     ignore: pathspec.PathSpec | None,
     options: ScanOptions,
     device: int,
     mounts: set[int],
-) -> tuple[list[Source], list[tuple[int, str, frozenset[tuple[int, int]]]]]:
-    """One directory: its sources (an empty one is a "dir" source) and its subdirectories to
-    walk, opened. Subdirectories come back open so the walk never resolves a long path."""
-    with os.scandir(dir_fd) as it:
+) -> tuple[list[Source], list[OpenDir]]:
+    with os.scandir(d.fd) as it:
         names = sorted(e.name for e in it)
     found: list[Source] = []
-    subdirs: list[tuple[int, str, frozenset[tuple[int, int]]]] = []
+    subdirs: list[OpenDir] = []
+    dir_fd, rel_dir = d.fd, d.rel
     try:
         for name in names:
             rel = f"{rel_dir}/{name}" if rel_dir else name
@@ -187,11 +213,11 @@ def _list(
                     )
                 elif options.one_file_system and st.st_dev != device:
                     log.warning("not pushing %s: another filesystem (--one-file-system)", where)
-                elif (st.st_dev, st.st_ino) in ancestors:
+                elif (st.st_dev, st.st_ino) in d.ancestors:
                     raise InvalidPathError(f"{where}: a symlink loop (it leads back to a directory above it)")
                 else:
                     fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)  # follows the link when dereferencing
-                    subdirs.append((fd, rel, ancestors | {(st.st_dev, st.st_ino)}))
+                    subdirs.append(OpenDir(fd, rel, d.ancestors | {(st.st_dev, st.st_ino)}))
             elif stat.S_ISREG(st.st_mode):
                 found.append(Source(rel, "file", LocalFile(rel, root), stat=st))
             elif options.as_found:
@@ -202,8 +228,8 @@ def _list(
                     "(leave it out with --exclude)"
                 )
     except BaseException:
-        for fd, _, _ in subdirs:
-            os.close(fd)
+        for sub in subdirs:
+            os.close(sub.fd)
         raise
     if rel_dir and not found and not subdirs:
         found.append(Source(rel_dir, "dir"))

@@ -44,6 +44,7 @@ from .manifest import Entry, Manifest
 from .names import Ref
 from .prefetch import ReadAhead
 from .storage.aio import Threads
+from .tree import version_tree
 
 log = logging.getLogger(__name__)
 
@@ -329,11 +330,13 @@ class Filesystem:
 
     async def _tree(self, inst: Instance) -> VersionTree:
         if inst.tree is None:
-            digest = inst.record.manifest
-            tree = self._trees.get(digest)
+            rec = inst.record
+            key = rec.tree or rec.manifest
+            tree = self._trees.get(key)
             if tree is None:
-                tree = await self._ask(("tree", digest), lambda: VersionTree(self.blobs.get_manifest(digest)))
-                self._trees[digest] = tree
+                load = lambda: VersionTree(version_tree(self.blobs, rec, self.blobs.block_size).manifest())  # noqa: E731
+                tree = await self._ask(("tree", key), load)
+                self._trees[key] = tree
             inst.tree = tree
         return inst.tree
 
@@ -791,7 +794,10 @@ class Filesystem:
         else:
             inst, _ = self._split(ino)
             doc = {**inst.record.to_dict(), "dir": inst.dirname}
-            tree = inst.tree or self._trees.get(inst.record.manifest)
-            manifest = tree.manifest if tree else self.blobs.get_manifest(inst.record.manifest)
+            tree = inst.tree or self._trees.get(inst.record.tree or inst.record.manifest)
+            rec = inst.record
+            manifest = (
+                tree.manifest if tree else version_tree(self.blobs, rec, self.blobs.block_size).manifest()
+            )
             doc["entries"] = [e.to_dict() for e in manifest]
         return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()

@@ -154,7 +154,7 @@ def _local_digests(
     hashed = hash_sources(to_hash, manifest.block_size, progress, desc="checking") if to_hash else []
     for src, got in zip(to_hash, hashed, strict=True):
         assert src.stat is not None
-        out[src.path] = (FileDigest(got.hash, got.size, got.blocks), got.mode, src.stat)
+        out[src.path] = (FileDigest(got.hash, got.size, tuple(got.blocks)), got.mode, src.stat)
     return out, {s.path for s in to_hash}
 
 
@@ -247,14 +247,17 @@ def _fetch(
     """Write these files' contents into `staging` (with their mode and mtime); return where each
     one is. Packed neighbours come in one GET per span."""
     where = {e.path: staging / str(i) for i, e in enumerate(entries)}
-    spans = blobs.spans((e, 0) for e in entries if e.pack)  # packed files are one block each
+    spans = blobs.spans((e, 0) for e in entries if e.pack)  # grouped by where each file starts
     singles = [e for e in entries if not e.pack]
 
     def write_span(span: list[tuple[Entry, int]]) -> None:
-        got = blobs.read_span(span)  # a content that failed its check is fetched alone: it says why
+        # every block of each file (a packed file has several when the store's blocks are small)
+        got = blobs.read_span([(e, i) for e, _ in span for i in range(e.block_count(blobs.block_size))])
         for e, _ in span:
-            data = got.get((e.hash, 0))
-            _write(blobs, e, where[e.path], bar, [data] if data is not None else None)
+            blocks = [got.get((e.hash, i)) for i in range(e.block_count(blobs.block_size))]
+            whole = [b for b in blocks if b is not None]
+            # a content that failed its check is fetched alone: that says why
+            _write(blobs, e, where[e.path], bar, whole if len(whole) == len(blocks) else None)
 
     with progress(total=sum(e.size for e in entries), desc="downloading") as bar, Pool(WORKERS) as pool:
         pool.run(lambda e: _write(blobs, e, where[e.path], bar), singles)
@@ -361,7 +364,7 @@ def materialize(
         if dry_run:
             return changes
         written = _apply(plan, blobs, root, progress)
-        records.record((os.stat(path), FileDigest(e.hash, e.size, e.blocks)) for e, path in written)
+        records.record((os.stat(path), FileDigest(e.hash, e.size, tuple(e.blocks))) for e, path in written)
         records.record((st, digest) for _, st, digest in plan.current)
         if label is not None:
             records.set_place(root, *label)

@@ -258,25 +258,57 @@ class Progress:
     every update, by description."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, int] = {}
+        self.bars: dict[str, _Bar] = {}
         self.updates: dict[str, list[int]] = {}
 
     def __call__(self, *, total: int, desc: str) -> _Bar:
-        self.totals[desc] = total
         self.updates[desc] = []
-        return _Bar(self.updates[desc])
+        self.bars[desc] = bar = _Bar(self.updates[desc])
+        bar.total = total
+        return bar
 
-    def done(self) -> dict[str, tuple[int, int]]:
+    @property
+    def totals(self) -> dict[str, int | float | None]:
+        return {desc: bar.total for desc, bar in self.bars.items()}
+
+    def done(self) -> dict[str, tuple[int | float | None, int]]:
         """Each bar's (total, sum of its updates)."""
-        return {desc: (total, sum(self.updates[desc])) for desc, total in self.totals.items()}
+        return {desc: (bar.total, sum(self.updates[desc])) for desc, bar in self.bars.items()}
 
 
 class _Bar:
     def __init__(self, updates: list[int]) -> None:
         self.update = updates.append
+        self.total: int | float | None = 0
 
     def __enter__(self) -> _Bar:
         return self
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+FORMAT1_STORE = Path(__file__).parent / "fixtures" / "format1-store"
+
+
+def format1_patterned(size: int, seed: int) -> bytes:
+    """The content of the format-1 fixture's big files (see fixtures/README.md)."""
+    return b"".join(((seed << 24) | i).to_bytes(8, "little") * 1024 for i in range(size // 8192))
+
+
+FORMAT1_V0 = {
+    "a.txt": b"alpha\n",
+    "dir/b.csv": b"x,y\n1,2\n",
+    "exec.sh": b"#!/bin/sh\necho hi\n",
+    "naïve é.txt": b"unicode\n",
+    "packed-blocks.bin": format1_patterned(200 * 1024, 1),
+    "blob.bin": format1_patterned(320 * 1024, 2),
+}
+
+
+@pytest.fixture
+def format1_store(tmp_path: Path) -> str:
+    """A copy of the store written by artfs before format 2 (see fixtures/README.md)."""
+    copy = tmp_path / "format1-store"
+    shutil.copytree(FORMAT1_STORE, copy)
+    return f"file://{copy}"

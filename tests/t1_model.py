@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
 import xxhash
@@ -205,3 +206,106 @@ def test_redact_removes_signed_urls_and_credentials(text: str) -> None:
     for secret in ("AKIA123", "abc%3D", "deadbeef", "ya29.secret", "s3cr3t", 'tok"'):
         assert secret not in clean
     assert "redacted" in clean
+
+
+# -- format 2: tree objects ---------------------------------------------------------------------
+class Chunks:
+    """An in-memory chunk source."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def get_chunk(self, key: str) -> bytes:
+        return self.objects[key]
+
+    def has_chunk(self, key: str) -> bool:
+        return key in self.objects
+
+
+def file(path: str, h: str = "ab" * 16, mode: int = 0o644, mtime: int = 0, size: int = 1, **kw: Any) -> Entry:
+    return Entry(path, "file", size, mode, h, mtime=mtime, **kw)
+
+
+def decoded(objects: list[tuple[str, bytes]], key: str, chunks: Chunks, parent: str = "") -> list[Entry]:
+    from artfs.manifest import decode_line, parse_tree
+
+    store = dict(objects)
+    pages, lines = parse_tree(store[key])
+    if pages is not None:
+        lines = [line for page in pages for line in parse_tree(store[page.key])[1]]
+    return [decode_line(line, parent, chunks, 1 << 20) for line in lines]
+
+
+def test_a_directory_round_trips_and_its_digest_ignores_order_mtimes_and_placement() -> None:
+    from artfs.manifest import BlockHashes, chunk_objects, encode_dir
+
+    chunks = Chunks()
+    blocks = tuple(f"{i:032x}" for i in range(5000))  # two chunks
+    chunks.objects.update(chunk_objects(blocks))
+    big = file(
+        "d/big",
+        "cd" * 16,
+        size=5000 << 20,
+        blocks=BlockHashes(tuple(k for k, _ in chunk_objects(blocks)), 5000, chunks),
+    )
+    children = [
+        file("d/a b é.txt", mtime=5),
+        file("d/x", mode=0o755, pack="ef" * 16, offset=7),
+        Entry("d/l", "link", target="x"),
+        Entry("d/sub", "dir", 10, 0o755, tree="12" * 16, digest="34" * 16, files=3),
+        big,
+    ]
+    one = encode_dir(children)
+    assert decoded(one.objects, one.key, chunks, "d") == sorted(children, key=lambda e: e.name)
+    assert list(decoded(one.objects, one.key, chunks, "d")[1].blocks) == list(blocks)  # "big"
+    again = encode_dir(
+        reversed(
+            [
+                *children[1:],
+                file("d/a b é.txt", mtime=99),
+            ]
+        )
+    )
+    assert again.digest == one.digest and again.key != one.key  # mtimes are stored, not digested
+    placed = encode_dir([*children[:1], file("d/x", mode=0o755), *children[2:]])
+    assert placed.digest == one.digest  # where the bytes are is not what they are
+    for changed in (file("d/x", "00" * 16, mode=0o755), file("d/x"), file("d/y", mode=0o755)):
+        assert encode_dir([*children[:1], changed, *children[2:]]).digest != one.digest
+
+
+def test_big_directories_are_paged_by_content_and_one_new_name_rewrites_one_page() -> None:
+    from artfs.manifest import PAGE_MIN, encode_dir
+
+    names = [f"img{i:06}.png" for i in range(3 * PAGE_MIN)]
+    before = encode_dir(file(n) for n in names)
+    assert len(before.objects) > 3  # pages and an index
+    after = encode_dir(file(n) for n in [*names, "img001234a.png"])
+    new = {k for k, _ in after.objects} - {k for k, _ in before.objects}
+    assert len(new) == 2  # the page it falls in, and the index
+    assert after.digest != before.digest
+    flat = encode_dir(file(n) for n in names[:PAGE_MIN])
+    assert len(flat.objects) == 1
+    assert decoded(before.objects, before.key, Chunks()) == sorted(
+        (file(n) for n in names), key=lambda e: e.name
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'["f","../up",420,1,0,"' + b"ab" * 16 + b'",[],"",0]',
+        b'["f","a/b",420,1,0,"' + b"ab" * 16 + b'",[],"",0]',
+        b'["f","' + b"n" * 256 + b'",420,1,0,"' + b"ab" * 16 + b'",[],"",0]',
+        b'["f","x",420,1,0,"../../etc/passwd",[],"",0]',
+        b'["d","x","../../etc","' + b"ab" * 16 + b'",0,0]',
+        b'["l","x","../../../etc/passwd"]',
+        b'["q","x"]',
+        b"not json",
+        b'["f","x",420,3145728,0,"' + b"ab" * 16 + b'",[],"",0]',  # 3 blocks, no block hashes
+    ],
+)
+def test_hostile_tree_lines_are_refused(line: bytes) -> None:
+    from artfs.manifest import decode_line
+
+    with pytest.raises((InvalidPathError, CorruptDataError)):
+        decode_line(line, "top", Chunks(), 1 << 20)

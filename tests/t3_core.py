@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import artfs
 from artfs import keys
@@ -30,7 +34,7 @@ from artfs.errors import (
 from artfs.manifest import Entry
 from artfs.sources import LocalFile
 
-from .conftest import GCS_BUCKET, S3_BUCKET, Progress, make_tree
+from .conftest import FORMAT1_V0, GCS_BUCKET, S3_BUCKET, Progress, make_tree
 
 BLOCK = 64 * 1024
 
@@ -40,7 +44,7 @@ def small_block_store(tmp_path: Path) -> artfs.Store:
     """A store whose config says 64 KiB blocks, so multi-block files stay small in tests."""
     root = tmp_path / "sb-store"
     root.mkdir()
-    (root / "config").write_text(json.dumps({"format": 1, "hash": "xxh3-128", "block_size": BLOCK}))
+    (root / "config").write_text(json.dumps({"format": 2, "hash": "xxh3-128", "block_size": BLOCK}))
     return artfs.Store(f"file://{root}")
 
 
@@ -94,7 +98,7 @@ def test_add_file_and_add_dir_name_rules(store: artfs.Store, tmp_path: Path) -> 
     assert art.add_file(tmp_path / "models/model.h5") == "model.h5"
     assert art.add_file(tmp_path / "models/model.h5", name="a/") == "a/model.h5"
     assert art.add_file(tmp_path / "models/model.h5", name="b/renamed.h5") == "b/renamed.h5"
-    assert sorted(art.add_dir(tmp_path / "imgs", name="images")) == ["images/1.png", "images/sub/2.png"]
+    assert art.add_dir(tmp_path / "imgs", name="images") is None  # read when logged, as W&B's
     with art.new_file("notes/hello.txt") as f:
         f.write("hello")
     with pytest.raises(InvalidPathError):
@@ -275,7 +279,7 @@ def test_hostile_manifest_in_store_is_rejected(store: artfs.Store, tmp_path: Pat
                     "path": "../../escaped",
                     "size": 1,
                     "mode": 420,
-                    "hash": v.files()[0].hash,
+                    "hash": next(v.files()).hash,
                     "mtime": 0,
                 }
             ],
@@ -287,19 +291,19 @@ def test_hostile_manifest_in_store_is_rejected(store: artfs.Store, tmp_path: Pat
     h = hash_bytes(evil)
     store.backend.put(keys.manifest(h), evil)
     rec = json.loads(store.backend.get(keys.version("ds", 0)).data)
-    rec["manifest"] = h
+    rec["manifest"], rec["tree"] = h, ""  # a format-1 version
     store.backend.put(keys.version("ds", 0), json.dumps(rec).encode())
     with pytest.raises(InvalidPathError):
         store.artifact("ds:v0").download(tmp_path / "out" / "deep")
     assert not (tmp_path / "out" / "escaped").exists() and not (tmp_path / "escaped").exists()
 
 
-def test_corrupt_manifest_detected_by_name(store: artfs.Store, tmp_path: Path) -> None:
+def test_a_corrupt_tree_object_is_detected_by_its_name(store: artfs.Store, tmp_path: Path) -> None:
     v = push_dir(store, "ds", make_tree(tmp_path / "src", {"x": "1"}))
-    key = keys.manifest(json.loads(store.backend.get(keys.version("ds", 0)).data)["manifest"])
+    key = keys.tree(json.loads(store.backend.get(keys.version("ds", 0)).data)["tree"])
     store.backend.put(key, store.backend.get(key).data.replace(b'"x"', b'"y"'))
     with pytest.raises(CorruptDataError, match="corrupt"):
-        store.artifact("ds:v0").files()
+        list(store.artifact("ds:v0").files())
     assert v.version == "v0"
 
 
@@ -333,7 +337,7 @@ def test_embedded_default_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     store = artfs.Store()
     assert store.names() == []  # created on first use
     config = json.loads((tmp_path / "xdg/artfs/store/config").read_text())
-    assert config == {"format": 1, "hash": "xxh3-128", "block_size": 1 << 20}
+    assert config == {"format": 2, "hash": "xxh3-128", "block_size": 1 << 20}
 
 
 def test_disk_full_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
@@ -456,8 +460,8 @@ def test_symlinks_that_leave_the_directory_are_refused_alike_unless_dereferenced
         src = make_tree(tmp_path / f"src{len(link)}", {"a.txt": "a", "leaves": f"->{link}"})
         with pytest.raises(InvalidPathError, match=r"leaves -> .*--dereference"):
             push_dir(store, "ds", src)
-    with pytest.raises(StoreNotFoundError):
-        store.names()  # refused before anything was written
+    assert list(Path(store.url.removeprefix("file://")).glob("blobs/*/*")) == []  # nothing went up
+    assert store.names() == []
 
     src = make_tree(
         tmp_path / "src",
@@ -474,8 +478,10 @@ def test_symlinks_that_leave_the_directory_are_refused_alike_unless_dereferenced
     }
     assert v.open("abs").read() == b"outside\n" and v.open("up/f.txt").read() == b"in a dir\n"
     (src / "loop").symlink_to(".")
+    loop = artfs.Artifact("loop")
+    loop.add_dir(src, dereference=True)
     with pytest.raises(InvalidPathError, match="symlink loop"):
-        artfs.Artifact("loop").add_dir(src, dereference=True)
+        store.log_artifact(loop)
     single = artfs.Artifact("single")  # a file given by name is its content, link or not
     single.add_file(src / "in")
     assert store.log_artifact(single).open("in").read() == b"a"
@@ -731,3 +737,118 @@ def test_verify_compares_modes_as_versions_record_them(store: artfs.Store, tmp_p
     assert v.differences(src) == []
     (src / "data.csv").chmod(0o744)
     assert [(d.path, d.change) for d in v.differences(src)] == [("data.csv", "mode")]
+
+
+def test_a_store_written_before_format_2_keeps_working(format1_store: str, tmp_path: Path) -> None:
+    store = artfs.Store(format1_store)
+    assert [v.version for v in store.versions("ds")] == ["v0", "v1"]  # v2 was deleted
+    v0, v1 = store.artifact("ds:best"), store.artifact("ds:latest")
+    assert v0.version == "v0" and v1.version == "v1" and v0.metadata == {"rows": 2}
+    files = {f.path: f for f in v0.files()}
+    assert sorted(files) == sorted([*FORMAT1_V0, "link", "empty"])
+    for path, content in FORMAT1_V0.items():
+        assert v0.open(path).read() == content, path
+    assert files["packed-blocks.bin"].entry.pack and len(files["packed-blocks.bin"].entry.blocks) == 4
+    assert files["exec.sh"].mode == 0o755 and files["link"].entry.target == "a.txt"
+    with v0.open("blob.bin") as f:  # a range across blocks, verified block by block
+        f.seek(70_000)
+        assert f.read(70_000) == FORMAT1_V0["blob.bin"][70_000:140_000]
+    assert [(d.path, d.change) for d in v0.diff(v1)] == [
+        ("a.txt", "modified"), ("dir/b.csv", "removed"), ("new.txt", "added"),
+    ]  # fmt: skip
+    out = Path(v1.download(tmp_path / "out"))
+    assert v1.differences(out) == []
+
+    # pushing what v1 holds again is a no-op; a change makes a format-2 version beside them
+    again = artfs.Artifact("ds")
+    again.add_dir(out)
+    assert not store.log_artifact(again).created
+    assert json.loads((Path(format1_store.removeprefix("file://")) / "config").read_text())["format"] == 1
+    (out / "a.txt").write_text("alpha three\n")
+    changed = artfs.Artifact("ds")
+    changed.add_dir(out)
+    v3 = store.log_artifact(changed)
+    assert (v3.version, v3.created) == ("v3", True) and v3._record.tree and not v3._record.manifest
+    assert [(d.path, d.change) for d in v1.diff(v3)] == [("a.txt", "modified")]
+    assert json.loads((Path(format1_store.removeprefix("file://")) / "config").read_text())["format"] == 2
+    assert artfs.Store(format1_store).artifact("ds:v0").open("blob.bin").read() == FORMAT1_V0["blob.bin"]
+
+
+# -- format 2 against a model ---------------------------------------------------------------------
+_names = st.one_of(
+    st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=12),
+    st.sampled_from(["n" * 255, "é" * 127, "a b", " lead", "trail ", "-dash", ".hidden", "UPPER", "upper"]),
+).filter(lambda n: n not in (".", ".."))
+
+
+@st.composite
+def _trees(draw: st.DrawFn) -> dict[str, tuple[str, object]]:
+    """path → ("file", (bytes, executable)) | ("dir", None) | ("link", target)."""
+    model: dict[str, tuple[str, object]] = {}
+    dirs = [""]
+    for _ in range(draw(st.integers(1, 25))):
+        parent = draw(st.sampled_from(dirs))
+        name = draw(_names)
+        path = f"{parent}/{name}" if parent else name
+        if path in model or len(path.encode()) > 1000:
+            continue
+        kind = draw(st.sampled_from(["file", "file", "dir", "link"]))
+        files = [p for p, (k, _) in model.items() if k == "file"]
+        if kind == "link" and files:
+            target = draw(st.sampled_from(files))
+            model[path] = ("link", os.path.relpath(target, parent or "."))
+        elif kind == "dir":
+            model[path] = ("dir", None)
+            dirs.append(path)
+        else:
+            model[path] = ("file", (draw(st.binary(max_size=300)), draw(st.booleans())))
+    return model
+
+
+def _build(root: Path, model: dict[str, tuple[str, object]], order: list[str], mtime: int) -> None:
+    for path in order:
+        kind, what = model[path]
+        p = root / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "dir":
+            p.mkdir(exist_ok=True)
+        elif kind == "link":
+            p.symlink_to(str(what))
+        else:
+            data, executable = what  # type: ignore[misc]
+            p.write_bytes(data)
+            p.chmod(0o755 if executable else 0o644)
+            os.utime(p, ns=(mtime, mtime))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_trees(), st.randoms(use_true_random=False))
+def test_format_2_round_trips_any_tree_and_answers_like_the_model(
+    model: dict[str, tuple[str, object]], rnd: random.Random
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        store = artfs.Store(f"file://{tmp_path / 'store'}")
+        _build(tmp_path / "a", model, sorted(model), 1_000_000_000)
+        v = push_dir(store, "t", tmp_path / "a")
+        tree = v.tree
+        dirs = {p for p, (k, _) in model.items() if k == "dir"} | {""}
+        for path, (kind, what) in model.items():
+            e = tree.lookup(path)
+            assert e is not None and e.kind == kind, path
+            if kind == "link":
+                assert e.target == what
+            elif kind == "file":
+                data, executable = what  # type: ignore[misc]
+                assert v.open(path).read() == data and e.mode == (0o755 if executable else 0o644)
+        for d in dirs:
+            below = sorted(p.rpartition("/")[2] for p in model if p.rpartition("/")[0] == d)
+            assert sorted(e.name for e in tree.listdir(d)) == below, d
+        assert sorted(e.path for e in tree.walk()) == sorted(model)
+        assert tree.lookup("no such name") is None
+        # the same content, made in another order with other mtimes: the same digest, no version
+        order = sorted(model)
+        rnd.shuffle(order)
+        _build(tmp_path / "b", model, sorted(order, key=lambda p: p.count("/")), 2_000_000_000)
+        again = push_dir(store, "t", tmp_path / "b")
+        assert again.digest == v.digest and not again.created

@@ -19,7 +19,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from artfs.mounttable import is_artfs_mount
 from artfs.storage import open_backend
 from artfs.vfs import SIBLINGS
 
-from .conftest import ARTFS, S3_BUCKET, SeaweedFS, make_tree, run_cli
+from .conftest import ARTFS, FORMAT1_V0, S3_BUCKET, SeaweedFS, make_tree, run_cli
 
 MiB = 1 << 20
 
@@ -669,25 +669,13 @@ def test_new_versions_and_moved_aliases_show_up_and_open_files_keep_their_versio
 def test_a_version_of_100k_files_lists_without_fetching_and_stays_small(
     tmp_path: Path, store_url: str, mount: MountFactory
 ) -> None:
-    from artfs.catalog import Catalog, VersionRecord
-    from artfs.manifest import Entry, Manifest
-
     store = artfs.Store(store_url)
     seed = artfs.Artifact("seed", type="dataset")
     seed.add_file(make_tree(tmp_path / "one", {"x": "same content\n"}) / "x")
     store.log_artifact(seed)
     x = store.artifact("seed:v0").get_path("x").entry
-    entries = [
-        Entry(f"d{i // 1000:03}/f{i:06}.txt", size=x.size, hash=x.hash, mtime=x.mtime) for i in range(100_000)
-    ]
-    manifest = Manifest.build(entries)
-    blobs = store.blobs
-    object_hash = blobs.put_manifest(manifest)
-    Catalog(store.backend).claim(
-        "big",
-        lambda n: VersionRecord(
-            "big", n, "dataset", manifest.digest, object_hash, manifest.size, len(entries)
-        ),
+    synthetic_version(
+        store, "big", {f"d{d:03}": [(f"f{d * 1000 + i:06}.txt", x) for i in range(1000)] for d in range(100)}
     )
     m = mount(store_url)
     assert sorted(os.listdir(m.path)) == [".artfs", "big:v0", "seed:latest", "seed:v0"]
@@ -698,6 +686,30 @@ def test_a_version_of_100k_files_lists_without_fetching_and_stays_small(
     rss_kib = int(status.split("VmRSS:")[1].split()[0])
     assert rss_kib < 300 * 1024, f"daemon RSS {rss_kib} KiB"
     assert (m.path / "big:v0" / "d042" / "f042424.txt").read_text() == "same content\n"
+
+
+def synthetic_version(store: artfs.Store, name: str, dirs: dict[str, list[tuple[str, Entry]]]) -> None:
+    """A version of directories of files (each a copy of an existing file's entry), written
+    straight as tree objects: big versions without pushing big trees."""
+    from artfs.catalog import Catalog, VersionRecord
+    from artfs.manifest import encode_dir
+
+    blobs = store.blobs
+    tops = []
+    for d, files in dirs.items():
+        children = [replace(e, path=f"{d}/{n}") for n, e in files]
+        objects = encode_dir(children)
+        blobs.put_objects(objects.objects)
+        size = sum(c.size for c in children)
+        tops.append(
+            Entry(d, "dir", size, 0o755, tree=objects.key, digest=objects.digest, files=len(children))
+        )
+    root = encode_dir(tops)
+    blobs.put_objects(root.objects)
+    size, files = sum(t.size for t in tops), sum(t.files for t in tops)
+    Catalog(store.backend).claim(
+        name, lambda n: VersionRecord(name, n, "dataset", root.digest, tree=root.key, size=size, files=files)
+    )
 
 
 # -- the daemon's life --------------------------------------------------------------------------
@@ -935,3 +947,21 @@ def test_a_push_never_reads_through_an_artfs_mount(
     assert m.stats().get("read_requests", 0) == 0  # not a byte read through the mount
     r = run_cli("push", "copy", str(m.path / "ds:v0"), store=store_url)
     assert r.returncode == 2 and "is on an artfs mount" in r.stderr
+
+
+def test_a_store_written_before_format_2_mounts_as_it_did(
+    tmp_path: Path, format1_store: str, mount: MountFactory
+) -> None:
+    m = mount(format1_store, "--no-in-place")
+    assert sorted(os.listdir(m.path)) == [
+        ".artfs", "ds:best", "ds:latest", "ds:v0", "ds:v1", "other:latest", "other:v0",
+    ]  # fmt: skip
+    v0 = m.path / "ds:v0"
+    for path, content in FORMAT1_V0.items():
+        assert (v0 / path).read_bytes() == content, path
+    assert os.readlink(v0 / "link") == "a.txt" and (v0 / "empty").is_dir()
+    assert (
+        os.stat(v0 / "exec.sh").st_mode & 0o111 and os.stat(v0 / "a.txt").st_mtime_ns == 1_700_000_000 * 10**9
+    )
+    run("cp", "-a", str(m.path / "ds:latest"), str(tmp_path / "copy"))
+    assert run_cli("verify", "ds:v1", str(tmp_path / "copy"), store=format1_store).returncode == 0
