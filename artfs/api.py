@@ -72,8 +72,9 @@ class Store:
         self._open()
         return Catalog(self.backend)
 
-    @property
+    @cached_property
     def blobs(self) -> BlobStore:
+        """The store's contents (one per Store: it keeps recently read tree objects)."""
         return BlobStore(self.backend, self._open().block_size)
 
     # -- reading -----------------------------------------------------------------------------

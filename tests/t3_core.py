@@ -852,3 +852,56 @@ def test_format_2_round_trips_any_tree_and_answers_like_the_model(
         _build(tmp_path / "b", model, sorted(order, key=lambda p: p.count("/")), 2_000_000_000)
         again = push_dir(store, "t", tmp_path / "b")
         assert again.digest == v.digest and not again.created
+
+
+def test_a_one_file_change_writes_the_objects_on_its_path_and_an_unchanged_push_reads_nothing(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    from artfs.statcache import RACY_NS
+
+    files = {f"top{t}/mid{m}/f{f}.txt": f"{t}{m}{f}" for t in range(3) for m in range(3) for f in range(5)}
+    src = make_tree(tmp_path / "src", files)
+    time.sleep(2 * RACY_NS / 1e9)  # the files' ctimes are safely in the past: records are trusted
+    first = Progress()
+    v0 = push_dir(store, "ds", src, progress=first)
+    assert first.done()["hashing"][1] == sum(map(len, files.values()))
+    trees = count(store, "trees/")
+    assert trees == 1 + 3 + 9  # the root, three top directories, nine below them
+
+    unchanged = Progress()
+    assert not push_dir(store, "ds", src, progress=unchanged).created
+    assert unchanged.done()["hashing"] == (0, 0)  # no file was read: the stat cache knew them all
+    assert count(store, "trees/") == trees  # and nothing was written
+
+    (src / "top1" / "mid2" / "f3.txt").write_text("changed")
+    v1 = push_dir(store, "ds", src)
+    assert v1.version == "v1" and count(store, "trees/") == trees + 3  # mid2, top1 and the root
+    assert [(d.path, d.change) for d in v0.diff(v1)] == [("top1/mid2/f3.txt", "modified")]
+
+
+def test_reads_load_only_the_tree_objects_and_block_chunks_on_their_way(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    from artfs.manifest import PER_CHUNK, BlockHashes
+
+    src = make_tree(tmp_path / "src", {f"d{d}/f{f}.txt": "x" for d in range(20) for f in range(20)})
+    v = push_dir(store, "ds", src)
+    fresh = artfs.Store(store.url)
+    assert fresh.artifact("ds:v0").get_path("d7/f3.txt").entry.size == 1
+    assert fresh.blobs.objects_read == 2  # the root and d7, not the other 19 directories
+    assert v.diff(v) == []
+
+    class Counting:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def get_chunk(self, key: str) -> bytes:
+            self.asked.append(key)
+            return bytes(16 * PER_CHUNK)
+
+        def has_chunk(self, key: str) -> bool:
+            return False
+
+    source = Counting()
+    hashes = BlockHashes(tuple(f"{i:032x}" for i in range(4)), 4 * PER_CHUNK, source)
+    assert hashes[2 * PER_CHUNK + 5] == "0" * 32 and source.asked == [f"{2:032x}"]  # one chunk of four
