@@ -161,6 +161,30 @@ class BlobStore:
                 out[e.hash, i] = data if length >= VIEW_MIN else bytes(data)
         return out
 
+    def read_pieces(self, pieces: Iterable[Piece]) -> dict[tuple[str, int], bytes | memoryview | Exception]:
+        """These blocks, verified, with one GET per span (`spans`): each is its bytes, or the
+        error that fetching it gave. A block that failed its check in a span is fetched again
+        on its own, which says what is wrong with it; a span whose GET failed gives its error
+        to each of its blocks (asking again, block by block, would only wait out the same
+        retries again)."""
+        out: dict[tuple[str, int], bytes | memoryview | Exception] = {}
+        for span in self.spans(pieces):
+            try:
+                got = self.read_span(span)
+            except Exception as e:
+                out.update(((entry.hash, i), e) for entry, i in span)
+                continue
+            for entry, i in span:
+                data = got.get((entry.hash, i))
+                if data is None:
+                    try:
+                        data = self.read_block(entry, i)
+                    except Exception as e:
+                        out[entry.hash, i] = e
+                        continue
+                out[entry.hash, i] = data
+        return out
+
     def spans(self, pieces: Iterable[Piece]) -> list[list[Piece]]:
         """Group blocks into spans that one GET fetches: blocks of one object, in order, with at
         most SPAN_GAP bytes between two (small files of a pack that are cached already, say:

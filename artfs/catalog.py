@@ -104,6 +104,16 @@ class Catalog:
         recs = (self.read(name, n)[0] for n in self.numbers(name))
         return [r for r in recs if r.state == COMMITTED]
 
+    def listing(self) -> list[tuple[str, VersionRecord]]:
+        """Every live version and alias as a mount's top directory names it: `name:vN`, and
+        `name:alias` for each alias naming a live version."""
+        out = []
+        for name in self.artifact_names():
+            live = {r.number: r for r in self.versions(name)}
+            out += [(f"{name}:v{n}", r) for n, r in live.items()]
+            out += [(f"{name}:{a}", live[n]) for a, n in sorted(self.aliases(name).items()) if n in live]
+        return out
+
     def aliases(self, name: str) -> dict[str, int]:
         prefix = keys.aliases(name)
         out: dict[str, int] = {}

@@ -92,58 +92,70 @@ def raise_read_ahead(mountpoint: str) -> None:
 
 
 def serve(options: MountOptions) -> None:
-    """Mount and serve until unmounted or signalled (SIGTERM, SIGINT, SIGHUP)."""
+    """Mount and serve until unmounted or signalled (SIGTERM, SIGINT, SIGHUP).
+
+    Set-up in order, torn down in reverse (an AsyncExitStack): the store (opened and checked
+    before anything is mounted), the cache, the worker threads, the view, the mount."""
     import pyfuse3
     import trio
 
-    from .api import Store
+    from .blobs import BlobStore
     from .cache import BlockCache
-    from .fuse_ops import Operations
+    from .catalog import Catalog
+    from .config import StoreConfig
+    from .fuse_ops import Operations, invalidate
+    from .reader import BlockReader
+    from .storage import open_backend
     from .storage.aio import Threads
-    from .vfs import Filesystem
+    from .vfs import VersionsView
 
     mountpoint = os.path.abspath(options.mountpoint)
     check_mountpoint(mountpoint)
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(Store(options.store_url))
-        catalog, blobs = store.catalog, store.blobs  # opens the store: fails before mounting
-        cache = BlockCache(Path(options.cache_dir), blobs.block_size, options.cache_size)
-        info = {**asdict(options), "cache_size": cache.budget, "mountpoint": mountpoint}
-        fs = Filesystem(catalog, blobs, cache, Threads(options.threads), in_place=options.in_place, info=info)
-        stack.callback(fs.close)
-        tune_memory()
-        fuse_options = {"fsname=artfs", "subtype=artfs", "ro", "default_permissions", "noatime"}
-        if options.allow_other:
-            fuse_options.add("allow_other")
-        pyfuse3.init(Operations(fs), mountpoint, fuse_options)
-        stack.callback(pyfuse3.close, unmount=True)  # a no-op when someone else unmounted
+    fuse_options = {"fsname=artfs", "subtype=artfs", "ro", "default_permissions", "noatime"}
+    if options.allow_other:
+        fuse_options.add("allow_other")
 
-        async def main() -> None:
-            async with trio.open_nursery() as nursery:
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            backend = stack.enter_context(open_backend(options.store_url))
+            config = StoreConfig.load(backend, create=False)  # a bad store fails before mounting
+            blobs = BlobStore(backend, config.block_size)
+            cache = BlockCache(Path(options.cache_dir), blobs.block_size, options.cache_size)
+            threads = Threads(options.threads)
+            nursery = await stack.enter_async_context(trio.open_nursery())  # read-ahead runs here
+            stack.callback(nursery.cancel_scope.cancel)  # after the mount is gone (reverse order)
+            reader = BlockReader(blobs, cache, threads, nursery, options.in_place)
+            info = {**asdict(options), "cache_size": cache.budget, "mountpoint": mountpoint}
+            view = VersionsView(Catalog(backend), blobs, cache, reader, invalidate, info)
+            stack.callback(view.close)
+            tune_memory()
+            pyfuse3.init(Operations(view), mountpoint, fuse_options)
+            stack.callback(pyfuse3.close, unmount=True)  # a no-op when someone else unmounted
 
-                async def on_signal() -> None:
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                        async for signum in signals:
-                            log.info("%s: stopping on signal %d", mountpoint, signum)
-                            notify("STOPPING=1")
-                            pyfuse3.terminate()
-                            return
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        log.info("%s: stopping on signal %d", mountpoint, signum)
+                        notify("STOPPING=1")
+                        pyfuse3.terminate()
+                        return
+
+            async with trio.open_nursery() as serving:
+                serving.start_soon(on_signal)
 
                 async def run_loop() -> None:
                     await pyfuse3.main()
-                    nursery.cancel_scope.cancel()
+                    serving.cancel_scope.cancel()
 
-                fs.background = nursery  # read-ahead runs here
-                nursery.start_soon(on_signal)
-                nursery.start_soon(run_loop)
+                serving.start_soon(run_loop)
                 # A request through the mount returns once the kernel has our INIT reply, which
                 # resets read-ahead: only then can it be raised, and only then are we serving.
-                await fs.threads.run(os.statvfs, mountpoint)
+                await threads.run(os.statvfs, mountpoint)
                 raise_read_ahead(mountpoint)
-                log.info("serving %s on %s (cache %s)", store.url, mountpoint, cache.root)
-                notify(f"READY=1\nSTATUS=serving {store.url}\nMAINPID={os.getpid()}")
+                log.info("serving %s on %s (cache %s)", backend.url, mountpoint, cache.root)
+                notify(f"READY=1\nSTATUS=serving {backend.url}\nMAINPID={os.getpid()}")
 
-        trio.run(main)
+    trio.run(main)
     log.info("%s: unmounted", mountpoint)
 
 

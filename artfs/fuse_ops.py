@@ -1,9 +1,11 @@
-"""The pyfuse3 adapter: translates kernel requests to `vfs.Filesystem` calls and domain errors to
-errnos. Nothing else lives here.
+"""The pyfuse3 adapter: translates kernel requests to calls of a view (namespace.View) and domain
+errors to errnos, counts the references the kernel takes from listings, and keeps the open
+directory listings. Nothing else lives here.
 
-Writes never reach this class: the mount is made with the `ro` option, so the kernel answers
+Writes never reach a read-only view: it is mounted with the `ro` option, so the kernel answers
 EROFS itself, with exactly the errno precedence of any read-only mount (EEXIST for `mkdir` on an
-existing name, ENOENT for opening a missing file, and so on).
+existing name, ENOENT for opening a missing file, and so on). A name longer than NAME_MAX is
+ENAMETOOLONG here, before the view sees it, as Linux filesystems answer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyfuse3
 
 from .errors import ArtfsError, NotFoundError, StoreError
 from .names import MAX_NAME
-from .vfs import DIR, LINK, Attr, Filesystem
+from .namespace import DIR, LINK, Attr, View
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +56,19 @@ def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
     return wrapper
 
 
-class Operations(pyfuse3.Operations):
-    def __init__(self, fs: Filesystem) -> None:
-        super().__init__()
-        self.fs = fs
-        self._uid, self._gid = os.geteuid(), os.getegid()
-        self._dirs: dict[int, list[tuple[str, Attr]]] = {}
-        self._next_dir = 1
-        fs.invalidate = self._invalidate
+def invalidate(parent: int, name: str) -> None:
+    """Tell the kernel to drop a cached name (what a view's `invalidate` calls). The async form:
+    called while answering a request, the synchronous one could deadlock."""
+    pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
 
-    @staticmethod
-    def _invalidate(parent: int, name: str) -> None:
-        # The async form: called while answering a request, the synchronous one could deadlock.
-        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+
+class Operations(pyfuse3.Operations):
+    def __init__(self, view: View) -> None:
+        super().__init__()
+        self.view = view
+        self._uid, self._gid = os.geteuid(), os.getegid()
+        self._dirs: dict[int, Sequence[tuple[str, Attr]]] = {}
+        self._next_dir = 1
 
     def _attrs(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -86,29 +88,36 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         if len(name) > MAX_NAME:  # before any other errno, as Linux filesystems answer
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        attr = await self.fs.lookup(parent_inode, os.fsdecode(name))
+        attr = await self.view.lookup(parent_inode, os.fsdecode(name))
         if attr is not None:
             return self._attrs(attr)
-        timeout = self.fs.negative_timeout(parent_inode)
+        timeout = self.view.negative_timeout(parent_inode)
         if not timeout:
             raise pyfuse3.FUSEError(errno.ENOENT)
         negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel remembers the name is absent
         negative.entry_timeout = timeout
         return negative
 
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            try:
+                self.view.forget(ino, count)
+            except Exception:  # forget must not raise: the kernel does not wait for an answer
+                log.exception("bug in forget(%d, %d)", ino, count)
+
     @_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._attrs(await self.fs.getattr(inode))
+        return self._attrs(await self.view.getattr(inode))
 
     @_errors
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return os.fsencode(await self.fs.readlink(inode))
+        return os.fsencode(await self.view.readlink(inode))
 
     @_errors
     async def opendir(self, inode: int, ctx: Any) -> int:
         fh = self._next_dir
         self._next_dir += 1
-        self._dirs[fh] = await self.fs.listdir(inode)
+        self._dirs[fh] = await self.view.listdir(inode)
         return fh
 
     @_errors
@@ -118,23 +127,24 @@ class Operations(pyfuse3.Operations):
             name, attr = entries[i]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(attr), i + 1):
                 break
+            self.view.referenced(attr.ino)  # the kernel took it: one more reference (readdirplus)
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        opened = await self.fs.open(inode)
+        opened = await self.view.open(inode)
         return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
     @_errors
     # pyfuse3's stub says bytes; its handler takes any contiguous buffer (PyObject_GetBuffer),
     # so a range of a block just loaded is served as a view of it, without a copy.
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
-        return await self.fs.read(fh, off, size)
+        return await self.view.read(fh, off, size)
 
     async def release(self, fh: int) -> None:
-        self.fs.release(fh)
+        self.view.release(fh)
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
@@ -143,14 +153,14 @@ class Operations(pyfuse3.Operations):
             # supported (rather than "no such attribute") lets `ls -l` stop asking for
             # security.selinux after the first file of the mount, a round trip per file saved.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        value = (await self.fs.xattrs(inode)).get(os.fsdecode(name))
+        value = (await self.view.xattrs(inode)).get(os.fsdecode(name))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_errors
     async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
-        return [os.fsencode(n) for n in await self.fs.xattrs(inode)]
+        return [os.fsencode(n) for n in await self.view.xattrs(inode)]
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()

@@ -7,9 +7,9 @@ read, up to a limit; a new run closes it. So a single read costs only the blocks
 while a stream gets its fetching and verifying done on worker threads, ahead of the reader.
 
 A reader that keeps missing blocks outside any stream is random (a database, a zip's central
-directory then its members, a shuffled loader reading records): after a few such misses the
-caller fetches the rest of the blob at once, in parallel. A random reader touches most of a file
-sooner or later; one fetch per read would make it wait a round trip every time.
+directory then its members, a shuffled loader reading records); after a few such misses the
+caller may fetch the rest of the blob at once (reader.py says when: a partial reader of a big
+file, such as one reading a few parquet columns, must stay partial).
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ class ReadAhead:
         self._last = -2  # last block of the previous read
         self._misses = 0  # blocks fetched for reads outside a stream
 
+    @property
+    def run_blocks(self) -> int:
+        """Blocks the current sequential run has read."""
+        return max(0, self._last - self._start + 1)
+
     def advise(self, first: int, last: int, count: int) -> range:
         """The blocks to load ahead after a read of blocks `first`..`last` of a `count`-block file."""
         if first not in (self._last, self._last + 1):
@@ -39,9 +44,9 @@ class ReadAhead:
         return range(last + 1, min(count, last + 1 + self.window))
 
     def random_miss(self) -> bool:
-        """Note that a read had to fetch a block. True (once) when that makes the reader random:
-        the caller should then fetch the whole blob."""
+        """Note that a read had to fetch a block. True, from the SCATTERED_MISSES-th such miss
+        on, when the reader is random."""
         if self.window:
             return False
         self._misses += 1
-        return self._misses == SCATTERED_MISSES
+        return self._misses >= SCATTERED_MISSES

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import threading
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -150,12 +149,10 @@ class Directory:
         i = bisect.bisect_right([s.page.first for s in self.slots], name) - 1
         return self.slots[i] if i >= 0 else None
 
-    def ready(self, name: str | None = None) -> bool:
-        """Whether `find(name)` (`children()`, for None) needs no store request."""
-        if name is None:
-            return all(s.listing is not None for s in self.slots)
-        slot = self._slot_of_name(name)
-        return slot is None or slot.listing is not None
+    def needs(self, name: str | None = None) -> list[str]:
+        """The pages `find(name)` (`children()`, for None) would read from the store."""
+        slots = self.slots if name is None else [s for s in [self._slot_of_name(name)] if s is not None]
+        return [s.page.key for s in slots if s.listing is None and not self.tree.source.has_tree(s.page.key)]
 
     def _listing(self, slot: _Slot) -> Listing:
         if slot.listing is None:
@@ -174,6 +171,10 @@ class Directory:
             return None
         i = self._listing(slot).find(name)
         return None if i is None else slot.start + i
+
+    def ready_at(self, index: int) -> bool:
+        """Whether child `index`'s page is in memory."""
+        return self.slots[bisect.bisect_right(self.starts, index) - 1].listing is not None
 
     def entry(self, index: int) -> Entry:
         """Child `index` (its page must have been loaded: by `find` or `children`)."""
@@ -194,7 +195,6 @@ class Tree:
         self.source = source
         self.root = root  # the root directory: path ""
         self.block_size = block_size
-        self._lock = threading.Lock()
         self._format1: dict[str, EntryListing] | None = None
 
     @classmethod
@@ -236,7 +236,7 @@ class Tree:
     # -- directories -------------------------------------------------------------------------
     def directory(self, entry: Entry) -> Directory:
         """The directory a "dir" entry (or `root`) names. Loads its object (an index, or its one
-        page) unless it is ready: see `directory_ready`."""
+        page): blocking, unless the object is in memory."""
         path = entry.path
         if self._format1 is not None:
             held = self._format1.get(path)
@@ -260,9 +260,6 @@ class Tree:
     def _single(self, path: str, key: str, listing: Listing) -> Directory:
         page = Page(listing.name(0) if len(listing) else "", key, len(listing))
         return Directory(self, path, [_Slot(page, 0, listing)])
-
-    def directory_ready(self, entry: Entry) -> bool:
-        return self._format1 is not None or not entry.tree or self.source.has_tree(entry.tree)
 
     def page_listing(self, path: str, key: str) -> Listing:
         pages, lines = parse_tree(self.source.get_tree(key))
@@ -364,3 +361,161 @@ def version_tree(source: VersionSource, rec: VersionRecord, block_size: int) -> 
     if rec.tree:
         return Tree.of_version(source, rec.tree, rec.digest, rec.size, rec.files, block_size)
     return Tree.of_manifest(source, source.get_manifest(rec.manifest))
+
+
+class _Loaded:
+    """A directory whose children have node ids: base + index in the directory."""
+
+    __slots__ = ("base", "counts", "directory", "live", "node")
+
+    def __init__(self, node: int, directory: Directory, base: int) -> None:
+        self.node = node
+        self.directory = directory
+        self.base = base
+        self.counts = array("I", bytes(4 * len(directory)))  # the kernel's references, per child
+        self.live = 0  # children referenced or loaded: while any is, this stays loaded
+
+
+class Nodes:
+    """The node ids of one version tree, as a mount hands them out (node 0 is the root).
+
+    A directory is loaded when it is first looked into; its children get consecutive ids, so
+    what the kernel knows of a million files costs their directories' raw lines (about a hundred
+    bytes each) and four bytes of reference count each. A directory is unloaded once the kernel
+    holds no reference to it nor to anything in it: its children's ids are then never handed out
+    again, and looking into it anew gives new ones (node ids only grow).
+
+    `needs` names the tree objects an answer would read from the store: a caller on an event
+    loop fetches them in a worker thread first; everything here then runs from memory.
+    """
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self._loaded: dict[int, _Loaded] = {}  # by the directory's own node
+        self._bases: list[int] = []  # of loaded directories, ascending (to find a node's directory)
+        self._by_base: list[_Loaded] = []
+        self._next = 1
+
+    # -- finding nodes -----------------------------------------------------------------------
+    def _holder(self, node: int) -> tuple[_Loaded, int]:
+        """The loaded directory `node` is a child of, and its index there."""
+        i = bisect.bisect_right(self._bases, node) - 1
+        if i >= 0:
+            d = self._by_base[i]
+            if node - d.base < len(d.counts):
+                return d, node - d.base
+        raise KeyError(node)
+
+    def known(self, node: int) -> bool:
+        if node == 0:
+            return True
+        try:
+            self._holder(node)
+        except KeyError:
+            return False
+        return True
+
+    def entry(self, node: int) -> Entry:
+        if node == 0:
+            return self.tree.root
+        d, i = self._holder(node)
+        return d.directory.entry(i)
+
+    def parent(self, node: int) -> int:
+        return 0 if node == 0 else self._holder(node)[0].node
+
+    # -- loading -----------------------------------------------------------------------------
+    def needs(self, node: int, name: str | None = None) -> list[str]:
+        """Tree objects `lookup(node, name)` (`children(node)` for None) would read from the
+        store: fetch them (into the source's memory) first, and ask again, until none is left."""
+        d = self._loaded.get(node)
+        if d is not None:
+            return d.directory.needs(name)
+        entry = self.entry(node)
+        if entry.kind != "dir":
+            raise InvalidPathError(f"{entry.path!r} is not a directory")
+        key = entry.tree
+        return [key] if key and self.tree._format1 is None and not self.tree.source.has_tree(key) else []
+
+    def _open(self, node: int) -> _Loaded:
+        entry = self.entry(node)
+        if entry.kind != "dir":
+            raise InvalidPathError(f"{entry.path!r} is not a directory")
+        directory = self.tree.directory(entry)
+        d = self._loaded.get(node)  # loaded by another task meanwhile
+        if d is None:
+            d = _Loaded(node, directory, self._next)
+            self._next += len(directory)
+            self._loaded[node] = d
+            at = bisect.bisect(self._bases, d.base)
+            self._bases.insert(at, d.base)
+            self._by_base.insert(at, d)
+            if node:
+                self._holder(node)[0].live += 1
+        return d
+
+    # -- answering (needs `ready`) -----------------------------------------------------------
+    def lookup(self, node: int, name: str) -> tuple[int, Entry] | None:
+        d = self._loaded.get(node) or self._open(node)
+        i = d.directory.find(name)
+        return None if i is None else (d.base + i, d.directory.entry(i))
+
+    def children(self, node: int) -> list[tuple[int, Entry]]:
+        d = self._loaded.get(node) or self._open(node)
+        return [(d.base + i, e) for i, e in enumerate(d.directory.children())]
+
+    # -- references --------------------------------------------------------------------------
+    def ref(self, node: int, count: int = 1) -> None:
+        """The kernel took `count` references to `node` (not the root: the view counts those,
+        since a tree is listed before it is loaded)."""
+        d, i = self._holder(node)
+        if d.counts[i] == 0:
+            d.live += 1
+        d.counts[i] += count
+
+    def forget(self, node: int, count: int) -> None:
+        """The kernel let go of `count` references; unload what nothing refers to any more."""
+        try:
+            d, i = self._holder(node)
+        except KeyError:
+            return  # unloaded already (the kernel forgot more than we knew): nothing to do
+        had = d.counts[i]
+        d.counts[i] = max(0, had - count)
+        if had and not d.counts[i]:
+            d.live -= 1
+            self._unload_if_unused(node)
+            self._unload_if_unused(d.node)
+
+    def _unload_if_unused(self, node: int) -> None:
+        while node:  # the root stays while the tree does
+            d = self._loaded.get(node)
+            holder, i = self._holder(node)
+            if d is None or d.live or holder.counts[i]:
+                return
+            del self._loaded[node]
+            at = bisect.bisect_left(self._bases, d.base)
+            del self._bases[at]
+            del self._by_base[at]
+            holder.live -= 1
+            node = holder.node
+
+    @property
+    def idle(self) -> bool:
+        """Nothing below the root is referenced."""
+        return all(not d.live for d in self._loaded.values())
+
+    def after(self, node: int, n: int) -> list[Entry]:
+        """Up to `n` entries that follow `node` in its directory (from pages in memory)."""
+        d, i = self._holder(node)
+        out = []
+        for k in range(i + 1, min(len(d.counts), i + 1 + n)):
+            if not d.directory.ready_at(k):
+                break
+            out.append(d.directory.entry(k))
+        return out
+
+    def loaded_dirs(self) -> int:
+        return len(self._loaded)
+
+    def loaded_bytes(self) -> int:
+        return sum(d.directory.loaded_bytes() + 4 * len(d.counts) for d in self._loaded.values())

@@ -1,23 +1,23 @@
-"""What a store looks like as a read-only filesystem, with no FUSE in sight.
+"""The read-only view of a store, with no FUSE in sight (`fuse_ops` serves it):
 
-    /                         one directory per version (`name:vN`) and per alias (`name:latest`)
-    /name:ref/…               the version's tree, built from its manifest on first access
+    /                         a directory per version (`name:vN`) and per alias (`name:latest`)
+    /name:ref/…               the version's tree, loaded a directory at a time
     /.artfs/mount.json        this mount: store, cache, pid          (generated on each stat
     /.artfs/stats.json        fetch and cache counters                 and open, with their size)
-    /.artfs/name:ref.json     a version's record and manifest
+    /.artfs/name:ref.json     a version's record
 
-Inodes: the root area is instance 0 (1 = root, 2 = .artfs, 3–4 its files). Every directory
-that names a version is an *instance* with its own id, and the node at index k of its tree has
-inode `id << 32 | k`, so a version tree needs no inode table. `name:v3` and `name:latest` are
-different instances of the same (shared) tree: a directory may have one name only, and a file
-opened through `name:latest` keeps its inode, and so its version, when the alias moves.
+Inodes (namespace.py): space 0 is the top (ROOT_INO, META_INO and the two files below it).
+Every directory that names a version is an *instance* with a space of its own: node 0 is its
+root, INFO_NODE its `.artfs/<name>.json`, the rest are the tree's nodes (tree.Nodes). `name:v3`
+and `name:latest` are different instances of one version (they share its tree objects): a
+directory may have one name only, and a file opened through `name:latest` keeps its inode, and
+so its version, when the alias moves.
+
+Memory follows what the kernel holds: an instance keeps its tree loaded while the kernel refers
+to anything in it (lookup counts; `forget`), then lets it go, keeping only its record.
 
 Version trees are immutable, so their attributes may be cached by the kernel for long
-(`TREE_TIMEOUT`); root entries can change (new versions, moved aliases) and live `ROOT_TIMEOUT`.
-
-Concurrency: everything runs on one trio loop. Blocking work (catalog and manifest reads, cold
-blocks) goes through `Threads`; verified cache hits are served inline. Where an `await` sits
-between two state changes, a comment says why that is safe.
+(`TREE_TIMEOUT`); top entries can change (new versions, moved aliases) and live `ROOT_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -27,113 +27,44 @@ import json
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import trio
-
 from ._version import __version__
-from .blobs import SPAN_BYTES, BlobStore
-from .cache import BlobFile, BlockCache, Buffer, InPlaceBlob
+from .blobs import BlobStore
+from .cache import BlockCache
 from .catalog import Catalog, VersionRecord
-from .errors import InvalidInputError, NotFoundError, StoreError, StoreUnavailableError
-from .manifest import Entry, Manifest
+from .errors import InvalidInputError, InvalidPathError, NotFoundError, StoreError
+from .manifest import Entry
 from .names import Ref
-from .prefetch import ReadAhead
-from .storage.aio import Threads
-from .tree import version_tree
+from .namespace import DIR, FILE, LINK, NODE_MASK, ROOT_INO, Attr, Buffer, Opened, inode, split
+from .reader import BlockReader, Stream
+from .tree import Nodes, Tree, version_tree
 
 log = logging.getLogger(__name__)
 
 ROOT_TIMEOUT = 1.0
 TREE_TIMEOUT = 24 * 3600.0
-FAIL_FAST = 10.0  # seconds after a fetch found the store unreachable
 SIBLINGS = 64  # small files fetched along with one that is opened (refilled when half are read)
-ROOT_INO, META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 1, 2, 3, 4
+META_INO, MOUNT_JSON_INO, STATS_JSON_INO = 2, 3, 4
 META_DIR = ".artfs"
-INFO_NODE = 0xFFFFFFFF  # the node of an instance that is its `.artfs/<dir>.json`
-DIR, FILE, LINK = "dir", "file", "link"
-
-
-@dataclass(frozen=True, slots=True)
-class Attr:
-    ino: int
-    kind: str
-    perm: int
-    size: int
-    mtime_ns: int
-    timeout: float
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    fh: int
-    keep_cache: bool  # immutable content: the kernel may keep its pages across opens
-    direct_io: bool  # generated content whose size is not known up front
-
-
-class VersionTree:
-    """The directory structure of one manifest: node 0 is the root, directories map names to
-    nodes, file and link nodes point at their manifest entry."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.entries: list[Entry | None] = [None]
-        self.children: dict[int, dict[str, int]] = {0: {}}
-        self.parents: list[int] = [0]
-        dirs = {"": 0}
-        for e in manifest:
-            if e.kind == DIR:
-                self._dir(dirs, e.path)
-                continue
-            parent_path, _, name = e.path.rpartition("/")
-            parent = self._dir(dirs, parent_path)
-            node = len(self.entries)
-            self.entries.append(e)
-            self.parents.append(parent)
-            self.children[parent][name] = node
-
-    def files_from(self, node: int, n: int) -> list[tuple[int, Entry]]:
-        """Up to `n` files of `node`'s directory, from `node` on, with their nodes (nodes are
-        in path order, so they are the next nodes with the same parent)."""
-        out: list[tuple[int, Entry]] = []
-        parent = self.parents[node]
-        for sibling in range(node, min(len(self.entries), node + 4 * n)):
-            e = self.entries[sibling]
-            if self.parents[sibling] == parent and e is not None and e.kind == FILE:
-                out.append((sibling, e))
-                if len(out) == n:
-                    break
-        return out
-
-    def _dir(self, dirs: dict[str, int], path: str) -> int:
-        node = dirs.get(path)
-        if node is None:
-            parent_path, _, name = path.rpartition("/")
-            parent = self._dir(dirs, parent_path)
-            node = len(self.entries)
-            self.entries.append(None)
-            self.parents.append(parent)
-            self.children[node] = {}
-            self.children[parent][name] = node
-            dirs[path] = node
-        return node
-
-    def __len__(self) -> int:
-        return len(self.entries)
+INFO_NODE = NODE_MASK  # the node of an instance that is its `.artfs/<dir>.json`
 
 
 @dataclass
 class Instance:
-    """A root directory naming a version: `name:v3`, or `name:latest` while it named v3."""
+    """A top directory naming a version: `name:v3`, or `name:latest` while it named v3."""
 
-    id: int
+    space: int
     dirname: str
     record: VersionRecord
-    tree: VersionTree | None = None
+    nodes: Nodes | None = None  # the tree, while anything in it is referenced
+    refs: int = 0  # the kernel's references to its root directory
+    info_refs: int = 0  # … and to its .artfs file
+    siblings_upto: dict[int, int] = field(default_factory=dict)  # dir node → last node prefetched
 
     @functools.cached_property
     def mtime_ns(self) -> int:
@@ -142,17 +73,10 @@ class Instance:
 
 
 @dataclass
-class _Flight:
-    done: trio.Event = field(default_factory=trio.Event)
-    data: Any = None
-    error: Exception | None = None
-
-
-@dataclass
 class _Handle:
-    blob: BlobFile | None = None
+    stream: Stream | None = None
     data: bytes | None = None
-    ahead: ReadAhead | None = None
+    space: int = 0  # the instance it was opened in (kept while it is open)
 
 
 def _ns(iso: str) -> int:
@@ -162,96 +86,34 @@ def _ns(iso: str) -> int:
         return 0
 
 
-class Filesystem:
-    """The store as a tree. Raises domain errors; NotFoundError means ENOENT."""
+class VersionsView:
+    """The store as a read-only tree (see the module docstring). Raises domain errors."""
 
     def __init__(
         self,
         catalog: Catalog,
         blobs: BlobStore,
         cache: BlockCache,
-        threads: Threads,
-        *,
-        in_place: bool = True,
+        reader: BlockReader,
+        invalidate: Callable[[int, str], None],
         info: dict[str, Any] | None = None,
     ) -> None:
         self.catalog = catalog
         self.blobs = blobs
         self.cache = cache
-        self.threads = threads
-        self.in_place = in_place
-        self._local = in_place and blobs.on_this_machine  # blobs read where they lie: none to fetch
+        self.reader = reader
+        self.invalidate = invalidate  # (parent inode, name) the kernel may have cached wrongly now
         self.info = dict(info or {})
         self.started_ns = time.time_ns()
         self._instances: list[Instance | None] = [None]
         self._instance_of: dict[tuple[str, int], Instance] = {}
-        self._trees: dict[str, VersionTree] = {}
-        self._flights: dict[Any, _Flight] = {}
+        self._named: dict[str, int] = {}  # top name → the instance space it last resolved to
+        self._listing: tuple[float, list[Instance]] = (-1.0, [])
+        self._trees: weakref.WeakValueDictionary[str, Tree] = weakref.WeakValueDictionary()
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
-        self._open_blobs: dict[str, tuple[BlobFile, int]] = {}
-        self._verified_in_place: dict[str, bytearray] = {}
-        self._listing: tuple[float, list[Instance]] = (-1.0, [])
-        self._ahead: set[tuple[str, int]] = set()
-        self._spans_loading = trio.CapacityLimiter(threads.background.total_tokens)  # see `_load_ahead`
-        self._passed: dict[str, int] = {}  # open blob → the block a stream of it has read up to
-        self._siblings_upto: dict[tuple[VersionTree, int], int] = {}  # (tree, dir) → last node fetched
-        self.background: trio.Nursery | None = None  # where read-ahead runs; none: no read-ahead
-        # Told (parent inode, name) when a root name stops meaning what the kernel may have
-        # cached: an alias moved, a version was deleted (FUSE: invalidate_entry_async).
-        self.invalidate: Callable[[int, str], None] | None = None
-        self._named: dict[str, int] = {}  # root name → the instance it last resolved to
-        self._down_until = 0.0  # until then, fetches fail without asking the store
-        self.counters: Counter[str] = Counter()  # loop-thread only; the cache counts its own
 
-    # -- single-flight -----------------------------------------------------------------------
-    async def _once(self, key: Any, fn: Callable[[], Any]) -> Any:
-        """Run `fn` in a worker thread once per key however many tasks ask at the same time;
-        they all get its result or its error."""
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = (await self._fly([key], lambda: {key: fn()}, background=False))[key]
-        else:
-            await flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        return flight.data
-
-    async def _fly(
-        self, keys: list[Any], fn: Callable[[], dict[Any, Any]], background: bool
-    ) -> dict[Any, _Flight]:
-        """Run `fn` in a worker thread as the flight of each of `keys` (none in flight yet): it
-        returns each key's result, or the exception that key's askers get."""
-        flights = {k: _Flight() for k in keys}
-        self._flights.update(flights)
-        try:
-            got = await self.threads.run(fn, background=background)
-            for k, f in flights.items():
-                f.data = got[k]
-                if isinstance(f.data, Exception):
-                    f.error = f.data
-        except Exception as e:
-            for f in flights.values():
-                f.error = e
-        finally:
-            for k, f in flights.items():
-                del self._flights[k]
-                f.done.set()
-        return flights
-
-    async def _ask(self, key: Any, fn: Callable[[], Any]) -> Any:
-        """`_once` for anything that asks the store. Once the store was found unreachable (after
-        the retries), fail fast for a while: every request would otherwise wait them out again
-        (and the kernel repeats a failed read)."""
-        if key not in self._flights and time.monotonic() < self._down_until:  # joining one asks nothing
-            raise StoreUnavailableError(f"{self.blobs.backend.url} is unreachable (asking again shortly)")
-        try:
-            return await self._once(key, fn)
-        except StoreUnavailableError:
-            self._down_until = time.monotonic() + FAIL_FAST
-            raise
-
-    # -- the root ----------------------------------------------------------------------------
+    # -- the top -----------------------------------------------------------------------------
     def _instance(self, dirname: str, record: VersionRecord) -> Instance:
         inst = self._instance_of.get((dirname, record.number))
         if inst is None:
@@ -259,34 +121,23 @@ class Filesystem:
             self._instances.append(inst)
             self._instance_of[(dirname, record.number)] = inst
         else:
-            inst.record = record  # metadata may have been edited; the manifest cannot change
-        if self._named.setdefault(dirname, inst.id) != inst.id:
-            self._named[dirname] = inst.id
+            inst.record = record  # metadata may have been edited; the tree cannot change
+        if self._named.setdefault(dirname, inst.space) != inst.space:
+            self._named[dirname] = inst.space
             self._forget_name(dirname)
         return inst
 
     def _forget_name(self, dirname: str) -> None:
         """`dirname` names something else now (or nothing): drop what the kernel cached."""
-        self.counters["entries_invalidated"] += 1
-        if self.invalidate is not None:
-            self.invalidate(ROOT_INO, dirname)
-            self.invalidate(META_INO, f"{dirname}.json")
+        self.reader.counters["entries_invalidated"] += 1
+        self.invalidate(ROOT_INO, dirname)
+        self.invalidate(META_INO, f"{dirname}.json")
 
-    def _read_listing(self) -> list[tuple[str, VersionRecord]]:
-        out = []
-        for name in self.catalog.artifact_names():
-            live = {r.number: r for r in self.catalog.versions(name)}
-            out += [(f"{name}:v{n}", r) for n, r in live.items()]
-            out += [
-                (f"{name}:{a}", live[n]) for a, n in sorted(self.catalog.aliases(name).items()) if n in live
-            ]
-        return out
-
-    async def _root_entries(self) -> list[Instance]:
+    async def _top(self) -> list[Instance]:
         stamp, entries = self._listing
         if time.monotonic() - stamp > ROOT_TIMEOUT:
             try:
-                listing = await self._ask("listing", self._read_listing)
+                listing = await self.reader.ask("listing", self.catalog.listing)
             except StoreError as e:
                 known = [i for i in (self._instances[n] for n in self._named.values()) if i is not None]
                 if not known:
@@ -311,7 +162,7 @@ class Filesystem:
 
     async def _lookup_instance(self, dirname: str) -> Instance | None:
         try:
-            record = await self._ask(("resolve", dirname), lambda: self._resolve(dirname))
+            record = await self.reader.ask(("resolve", dirname), lambda: self._resolve(dirname))
         except StoreError as e:
             known = self._named.get(dirname)
             if known is None:
@@ -320,27 +171,47 @@ class Filesystem:
             return self._instances[known]
         return None if record is None else self._instance(dirname, record)
 
-    # -- inodes ------------------------------------------------------------------------------
+    # -- trees -------------------------------------------------------------------------------
     def _split(self, ino: int) -> tuple[Instance, int]:
-        inst_id, node = ino >> 32, ino & 0xFFFFFFFF
-        inst = self._instances[inst_id] if 0 < inst_id < len(self._instances) else None
+        space, node = split(ino)
+        inst = self._instances[space] if 0 < space < len(self._instances) else None
         if inst is None:
             raise NotFoundError(f"no inode {ino}")
         return inst, node
 
-    async def _tree(self, inst: Instance) -> VersionTree:
-        if inst.tree is None:
+    async def _nodes(self, inst: Instance) -> Nodes:
+        if inst.nodes is None:
             rec = inst.record
             key = rec.tree or rec.manifest
             tree = self._trees.get(key)
             if tree is None:
-                load = lambda: VersionTree(version_tree(self.blobs, rec, self.blobs.block_size).manifest())  # noqa: E731
-                tree = await self._ask(("tree", key), load)
+                load = functools.partial(version_tree, self.blobs, rec, self.blobs.block_size)
+                # a format-2 tree starts from its record alone; a format-1 one reads its manifest
+                tree = load() if rec.tree else await self.reader.ask(("version", key), load)
                 self._trees[key] = tree
-            inst.tree = tree
-        return inst.tree
+            inst.nodes = inst.nodes or Nodes(tree)  # another task may have made it meanwhile
+        return inst.nodes
 
-    def _root_attr(self, ino: int) -> Attr:
+    async def _ready(self, nodes: Nodes, node: int, name: str | None = None) -> None:
+        """Fetch the tree objects an answer about `node` needs (in worker threads, once)."""
+        while keys := nodes.needs(node, name):
+            for key in keys:
+                await self.reader.ask(("tree", key), functools.partial(self.blobs.get_tree, key))
+
+    def _node_known(self, inst: Instance, node: int) -> Nodes:
+        if inst.nodes is None or not inst.nodes.known(node):
+            raise NotFoundError(f"no inode {inode(inst.space, node)} (forgotten)")
+        return inst.nodes
+
+    def _drop_if_idle(self, inst: Instance) -> None:
+        """Let an instance's tree go once the kernel refers to nothing in it."""
+        idle = inst.nodes is not None and not inst.refs and inst.nodes.idle
+        if idle and not any(h.space == inst.space for h in self._handles.values()):
+            inst.nodes = None
+            inst.siblings_upto.clear()
+
+    # -- attributes --------------------------------------------------------------------------
+    def _top_attr(self, ino: int) -> Attr:
         return Attr(ino, DIR, 0o755, 0, self.started_ns, ROOT_TIMEOUT)
 
     def _meta_file_attr(self, ino: int, size: int = 0) -> Attr:
@@ -361,33 +232,33 @@ class Filesystem:
 
     async def _meta_snapshot(self, ino: int) -> bytes:
         # counters are copied here, on the loop that changes them; the rest may block
-        return await self.threads.run(self._meta_content, ino, dict(self.counters))
+        return await self.reader.threads.run(self._meta_content, ino, dict(self.reader.counters))
 
-    def _node_attr(self, inst: Instance, node: int) -> Attr:
-        ino = inst.id << 32 | node
-        if node == 0:
-            return Attr(ino, DIR, 0o755, 0, inst.mtime_ns, TREE_TIMEOUT)
-        assert inst.tree is not None
-        e = inst.tree.entries[node]
-        if e is None:
+    @staticmethod
+    def _is_meta_file(ino: int) -> bool:
+        return ino in (MOUNT_JSON_INO, STATS_JSON_INO) or bool(ino >> 32 and ino & NODE_MASK == INFO_NODE)
+
+    def _attr(self, inst: Instance, node: int, e: Entry) -> Attr:
+        ino = inode(inst.space, node)
+        if e.kind == DIR:
             return Attr(ino, DIR, 0o755, 0, inst.mtime_ns, TREE_TIMEOUT)
         if e.kind == LINK:
             return Attr(ino, LINK, 0o777, len(os.fsencode(e.target)), inst.mtime_ns, TREE_TIMEOUT)
         return Attr(ino, FILE, e.mode, e.size, e.mtime, TREE_TIMEOUT)
 
+    def _root_attr(self, inst: Instance, timeout: float = TREE_TIMEOUT) -> Attr:
+        return Attr(inode(inst.space, 0), DIR, 0o755, 0, inst.mtime_ns, timeout)
+
     async def getattr(self, ino: int) -> Attr:
         if ino in (ROOT_INO, META_INO):
-            return self._root_attr(ino)
+            return self._top_attr(ino)
         if self._is_meta_file(ino):
             return await self._meta_attr(ino)
         inst, node = self._split(ino)
-        if node != 0:
-            await self._tree(inst)
-        return self._node_attr(inst, node)
-
-    @staticmethod
-    def _is_meta_file(ino: int) -> bool:
-        return ino in (MOUNT_JSON_INO, STATS_JSON_INO) or bool(ino >> 32 and ino & 0xFFFFFFFF == INFO_NODE)
+        if node == 0:
+            return self._root_attr(inst)
+        nodes = self._node_known(inst, node)
+        return self._attr(inst, node, nodes.entry(node))
 
     def negative_timeout(self, parent: int) -> float:
         """How long the kernel may remember that a name does not exist in `parent`."""
@@ -396,57 +267,89 @@ class Filesystem:
     async def lookup(self, parent: int, name: str) -> Attr | None:
         if parent == ROOT_INO:
             if name == META_DIR:
-                return self._root_attr(META_INO)
+                return self._top_attr(META_INO)
             inst = await self._lookup_instance(name)
-            return None if inst is None else replace(self._node_attr(inst, 0), timeout=ROOT_TIMEOUT)
+            if inst is None:
+                return None
+            inst.refs += 1
+            return self._root_attr(inst, ROOT_TIMEOUT)
         if parent == META_INO:
             if name in ("mount.json", "stats.json"):
                 return await self._meta_attr(MOUNT_JSON_INO if name == "mount.json" else STATS_JSON_INO)
             if not name.endswith(".json"):
                 return None
             inst = await self._lookup_instance(name.removesuffix(".json"))
-            return None if inst is None else await self._meta_attr(inst.id << 32 | INFO_NODE)
+            if inst is None:
+                return None
+            inst.info_refs += 1
+            return await self._meta_attr(inode(inst.space, INFO_NODE))
         inst, node = self._split(parent)
-        tree = await self._tree(inst)
         if name == "..":
-            return await self.getattr(ROOT_INO if node == 0 else inst.id << 32 | tree.parents[node])
-        child = tree.children.get(node, {}).get(name)
-        return None if child is None else self._node_attr(inst, child)
+            return self._top_attr(ROOT_INO) if node == 0 else await self.getattr(parent)
+        nodes = await self._nodes(inst)
+        try:
+            await self._ready(nodes, node, name)
+            found = nodes.lookup(node, name)
+        except InvalidPathError:  # not a directory (the kernel does not ask that; a bug would)
+            return None
+        if found is None:
+            return None
+        child, entry = found
+        nodes.ref(child)
+        return self._attr(inst, child, entry)
 
-    async def listdir(self, ino: int) -> list[tuple[str, Attr]]:
+    async def listdir(self, ino: int) -> Sequence[tuple[str, Attr]]:
         """Every entry of a directory with its attributes (taken once per opendir)."""
         if ino == ROOT_INO:
-            out = [(META_DIR, self._root_attr(META_INO))]
-            return out + [
-                (i.dirname, replace(self._node_attr(i, 0), timeout=ROOT_TIMEOUT))
-                for i in await self._root_entries()
-            ]
+            top = [(META_DIR, self._top_attr(META_INO))]
+            return top + [(i.dirname, self._root_attr(i, ROOT_TIMEOUT)) for i in await self._top()]
         if ino == META_INO:
             files = [
                 ("mount.json", self._meta_file_attr(MOUNT_JSON_INO)),
                 ("stats.json", self._meta_file_attr(STATS_JSON_INO)),
             ]
             return files + [
-                (f"{i.dirname}.json", self._meta_file_attr(i.id << 32 | INFO_NODE))
-                for i in await self._root_entries()
+                (f"{i.dirname}.json", self._meta_file_attr(inode(i.space, INFO_NODE)))
+                for i in await self._top()
             ]
         inst, node = self._split(ino)
-        tree = await self._tree(inst)
-        children = tree.children.get(node)
-        if children is None:
-            raise InvalidInputError("not a directory")
-        return [(name, self._node_attr(inst, child)) for name, child in children.items()]
+        nodes = await self._nodes(inst)
+        await self._ready(nodes, node)
+        try:
+            children = nodes.children(node)
+        except InvalidPathError:
+            raise InvalidInputError("not a directory") from None
+        return [(e.name, self._attr(inst, child, e)) for child, e in children]
 
-    def _entry(self, ino: int) -> Entry:
-        inst, node = self._split(ino)
-        entry = inst.tree.entries[node] if inst.tree is not None and node != INFO_NODE else None
-        if entry is None:
-            raise InvalidInputError(f"inode {ino} is not a file or link")
-        return entry
+    def referenced(self, ino: int) -> None:
+        space, node = split(ino)
+        if space == 0:
+            return
+        inst = self._instances[space]
+        assert inst is not None
+        if node == 0:
+            inst.refs += 1
+        elif node == INFO_NODE:
+            inst.info_refs += 1
+        elif inst.nodes is not None:
+            inst.nodes.ref(node)
+
+    def forget(self, ino: int, count: int) -> None:
+        space, node = split(ino)
+        inst = self._instances[space] if 0 < space < len(self._instances) else None
+        if inst is None:
+            return
+        if node == 0:
+            inst.refs = max(0, inst.refs - count)
+        elif node == INFO_NODE:
+            inst.info_refs = max(0, inst.info_refs - count)
+        elif inst.nodes is not None:
+            inst.nodes.forget(node, count)
+        self._drop_if_idle(inst)
 
     async def readlink(self, ino: int) -> str:
-        await self.getattr(ino)
-        return self._entry(ino).target
+        inst, node = self._split(ino)
+        return self._node_known(inst, node).entry(node).target
 
     # -- xattrs ------------------------------------------------------------------------------
     async def xattrs(self, ino: int) -> dict[str, bytes]:
@@ -460,11 +363,8 @@ class Filesystem:
             }
         if node == INFO_NODE:
             return {}
-        tree = await self._tree(inst)
-        entry = tree.entries[node]
-        if entry is None or entry.kind != FILE:
-            return {}
-        return {"user.artfs.hash": entry.hash.encode()}
+        entry = self._node_known(inst, node).entry(node)
+        return {"user.artfs.hash": entry.hash.encode()} if entry.kind == FILE else {}
 
     # -- files -------------------------------------------------------------------------------
     def _add_handle(self, handle: _Handle) -> int:
@@ -478,309 +378,62 @@ class Filesystem:
             data = await self._meta_snapshot(ino)
             return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)
         inst, node = self._split(ino)
-        tree = inst.tree or await self._tree(inst)  # the kernel may open an inode known from before
-        entry = self._entry(ino)
+        nodes = self._node_known(inst, node)
+        entry = nodes.entry(node)
+        if entry.kind != FILE:
+            raise InvalidInputError(f"inode {ino} is not a file")
         if not entry.size:
-            return Opened(self._add_handle(_Handle()), keep_cache=True, direct_io=False)
-        if entry.size <= self.blobs.block_size and self.background is not None and not self._local:
-            self._fetch_siblings(tree, node)
-        blob = self._open_blob(entry)
-        ahead = ReadAhead(blob.block_size) if len(blob.verified) > 1 else None  # streams need blocks
-        return Opened(self._add_handle(_Handle(blob, ahead=ahead)), keep_cache=True, direct_io=False)
+            return Opened(self._add_handle(_Handle(space=inst.space)), keep_cache=True, direct_io=False)
+        if entry.size <= self.blobs.block_size:
+            self._fetch_siblings(inst, nodes, node, entry)
+        stream = self.reader.open(entry)
+        return Opened(self._add_handle(_Handle(stream, space=inst.space)), keep_cache=True, direct_io=False)
 
-    def _fetch_siblings(self, tree: VersionTree, node: int) -> None:
-        """A small file is opened: fetch it and the next small files in its directory that are
-        not cached, at the same time, since whoever walks a directory (cp -r, tar, a data
-        loader) reads them next. Files side by side in a pack come in one GET per run. The
-        window is refilled once the reader is half way through it."""
-        key = (tree, tree.parents[node])
-        upto = self._siblings_upto.get(key, -1)
+    def _fetch_siblings(self, inst: Instance, nodes: Nodes, node: int, entry: Entry) -> None:
+        """A small file is opened: fetch it and the next small files of its directory along,
+        since whoever walks a directory (cp -r, tar, a data loader) reads them next. The window
+        is refilled once the reader is half way through it."""
+        parent = nodes.parent(node)
+        upto = inst.siblings_upto.get(parent, -1)
         if node + SIBLINGS // 2 <= upto:
             return
-        files = [(k, e) for k, e in tree.files_from(node, SIBLINGS) if k > upto]
-        if not files:
-            return
-        self._siblings_upto[key] = files[-1][0]
-        todo = []
-        for _, e in files:
-            if 0 < e.size <= self.blobs.block_size and not self._fetching(e.hash, 0):
-                blob = self._open_blob(e)
-                if not blob.verified[0] and not blob.local(0):
-                    todo.append(e)
-                self._close_blob(e.hash)
-        opened = tree.entries[node]
-        for span in self.blobs.spans((e, 0) for e in todo):
-            self.counters["pack_runs_fetched"] += len(span) > 1
-            self.counters["files_fetched_ahead"] += sum(e is not opened for e, _ in span)
-            self._fetch_ahead([(self._open_blob(e), 0) for e, _ in span])
-
-    def _open_blob(self, entry: Entry) -> BlobFile:
-        """The shared BlobFile of `entry`'s content, with one more user (see `_close_blob`)."""
-        held = self._open_blobs.get(entry.hash)
-        if held is not None:
-            blob, users = held
-        else:
-            path = self.blobs.local_path(entry) if self.in_place else None
-            if path is not None:
-                verified = self._verified_in_place.get(entry.hash)
-                blob = InPlaceBlob(entry, self.blobs.block_size, path, verified)
-                self._verified_in_place[entry.hash] = blob.verified
-            else:
-                blob = self.cache.open(entry, functools.partial(self.blobs.read_block, entry))
-            users = 0
-        self._open_blobs[entry.hash] = (blob, users + 1)
-        return blob
+        after = [e for e in nodes.after(node, SIBLINGS - 1) if e.kind == FILE]
+        inst.siblings_upto[parent] = node + SIBLINGS - 1
+        self.reader.prefetch_small(entry, [entry, *after])
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer:
-        """Verified bytes only. Blocks verified before are served inline; a block on local disk is
-        verified inline (hashing a block in the page cache costs less than a thread hop); a block
-        that must be fetched is, once however many readers wait, in a worker thread."""
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[offset : offset + size]
-        self.counters["read_requests"] += 1
-        blob = handle.blob
-        if blob is None:
+        if handle.stream is None:
             return b""
-        if handle.ahead is not None and self.background is not None and size:
-            self._read_ahead(handle, blob, offset, size)
-        loaded: dict[int, Buffer] = {}
-        for i in blob.blocks_of(offset, size):
-            if blob.verified[i]:
-                continue
-            # being fetched or verified ahead: wait for that; else it may be on disk
-            data = None if (blob.entry.hash, i) in self._flights else blob.load_local(i)
-            if data is None:
-                if handle.ahead is not None and handle.ahead.random_miss():
-                    self._fetch_whole(blob, but=i)
-                data = await self._fetch(blob, i)
-            self.counters["blocks_verified"] += 1
-            self.counters["bytes_verified"] += len(data)
-            loaded[i] = data
-        served = blob.read(offset, size, loaded)
-        if handle.ahead is not None and handle.ahead.window:
-            self._stream_read(blob, offset, offset + size)
-        return served
-
-    def _stream_read(self, blob: BlobFile, offset: int, end: int) -> None:
-        """A stream has read `offset`..`end`. Blocks it has read past leave the daemon's memory
-        once they are on disk (the kernel keeps what was read): here if they are, else when
-        they get there (`_keep`). Memory is then left to the blocks on their way to a reader,
-        and a long stream reuses its buffers (fresh pages are what a cold read would otherwise
-        spend much time on)."""
-        h, bs = blob.entry.hash, blob.block_size
-        self._passed[h] = max(self._passed.get(h, 0), end // bs)
-        for i in range(offset // bs, end // bs):
-            if blob.local(i):
-                self.cache.forget(h, i)
-
-    async def _fetch(self, blob: BlobFile, index: int) -> Buffer:
-        """A block from the store. The reader gets it before it is written to the cache, which
-        happens in the background (meanwhile the block is served from memory)."""
-        key = (blob.entry.hash, index)
-        if self.background is None:
-            data: Buffer = await self._ask(key, functools.partial(blob.fetch, index))
-            return data
-        starts = key not in self._flights  # else it joins the flight of a reader or of read-ahead
-        fetched: Buffer = await self._ask(key, functools.partial(blob.fetch_to_memory, index))
-        if starts:
-            self._ahead.add(key)  # on its way to disk: not to be fetched again
-            self._open_blob(blob.entry)
-            self.background.start_soon(self._keep_behind, blob, index, fetched)
-        return fetched
-
-    async def _keep_behind(self, blob: BlobFile, index: int, data: Buffer) -> None:
-        try:
-            await self._keep([(blob, index, data)])
-        finally:
-            self._ahead.discard((blob.entry.hash, index))
-            self._close_blob(blob.entry.hash)
-
-    async def _keep(self, blocks: list[tuple[BlobFile, int, Buffer]]) -> None:
-        """Write blocks fetched to memory (`fetch_to_memory`, `take`) to the cache, in a worker
-        thread, after their readers got them. A block that cannot be written stays served from
-        memory for a while, then is fetched again."""
-        if not blocks:
-            return
-
-        def keep() -> None:
-            for blob, i, data in blocks:
-                try:
-                    blob.keep(i, data)
-                except Exception as e:
-                    log.warning("cannot write block %d of blob %s to the cache: %s", i, blob.entry.hash, e)
-
-        with trio.CancelScope(shield=True):  # unmounting waits for blocks on their way to disk
-            await self.threads.run(keep, background=True)
-        for blob, i, _ in blocks:
-            if i < self._passed.get(blob.entry.hash, 0) and blob.local(i):
-                self.cache.forget(blob.entry.hash, i)  # a stream has read past it (`_stream_read`)
-
-    def _read_ahead(self, handle: _Handle, blob: BlobFile, offset: int, size: int) -> None:
-        """Fetch the blocks the read-ahead window holds and nobody fetches yet, to the end of
-        the aligned span (see `BlobStore.spans`) the window ends in: a stream then costs one
-        GET per span, each on the store's part boundaries, however its reads fall."""
-        assert self.background is not None and handle.ahead is not None
-        bs = blob.block_size
-        last = (min(offset + size, blob.entry.size) - 1) // bs
-        window = handle.ahead.advise(offset // bs, last, len(blob.verified))
-        span = SPAN_BYTES // bs
-        if window:
-            end = min(len(blob.verified), -(-window.stop // span) * span)
-            self._fetch_blocks(blob, self._missing(blob, range(window.start, end)), "blocks_read_ahead")
-        h = blob.entry.hash
-        on_disk = [i for i in window if not blob.verified[i] and blob.local(i) and (h, i) not in self._ahead]
-        for k in range(0, len(on_disk), span):
-            self._verify_ahead(blob, on_disk[k : k + span])
-
-    def _verify_ahead(self, blob: BlobFile, indices: list[int]) -> None:
-        """Read and verify blocks that are on local disk in a worker thread, ahead of a reader:
-        it then finds them in the page cache instead of waiting for the disk on the loop."""
-        assert self.background is not None
-        self._ahead.update((blob.entry.hash, i) for i in indices)
-        self._open_blob(blob.entry)
-        self.background.start_soon(self._load_verified, blob, indices)
-
-    async def _load_verified(self, blob: BlobFile, indices: list[int]) -> None:
-        h = blob.entry.hash
-        todo = [i for i in indices if (h, i) not in self._flights]
-
-        def verify() -> dict[tuple[str, int], Any]:
-            out: dict[tuple[str, int], Any] = {}
-            for i in todo:  # a block that fails its check is dropped, and fetched again here
-                try:
-                    data = blob.load_local(i)
-                    out[h, i] = data if data is not None else blob.fetch(i)
-                except Exception as e:
-                    out[h, i] = e
-            return out
-
-        try:
-            await self._fly([(h, i) for i in todo], verify, background=True)
-            self.counters["blocks_verified_ahead"] += len(todo)
-        finally:
-            self._ahead.difference_update((h, i) for i in indices)
-            self._close_blob(h)
-
-    def _fetch_whole(self, blob: BlobFile, but: int) -> None:
-        """A random reader: fetch every other block of the blob it lacks, in parallel, if the
-        blob takes at most a quarter of the cache (else it would only push out other blobs)."""
-        if self.background is not None and blob.entry.size <= self.cache.budget // 4:
-            others = (i for i in range(len(blob.verified)) if i != but)
-            self._fetch_blocks(blob, self._missing(blob, others), "blocks_fetched_whole")
-
-    def _missing(self, blob: BlobFile, indices: Iterable[int]) -> list[int]:
-        """Those of these blocks that are nowhere yet, nor on their way (see `_still_missing`)."""
-        h = blob.entry.hash
-        return [i for i in indices if (h, i) not in self._ahead and self._still_missing(blob, i)]
-
-    def _fetch_blocks(self, blob: BlobFile, indices: list[int], counter: str) -> None:
-        """Fetch these blocks in the background, a span of neighbours per GET."""
-        for span in self.blobs.spans([(blob.entry, i) for i in indices]):
-            self.counters[counter] += len(span)
-            self._fetch_ahead([(self._open_blob(blob.entry), i) for _, i in span])
-
-    def _fetching(self, content_hash: str, index: int) -> bool:
-        key = (content_hash, index)
-        return key in self._flights or key in self._ahead
-
-    def _fetch_ahead(self, pieces: list[tuple[BlobFile, int]]) -> None:
-        """Fetch blocks in the background with one GET (`pieces` make a span). Each piece comes
-        with a user of its blob (from `_open_blob`), released when the load ends."""
-        assert self.background is not None
-        self._ahead.update((b.entry.hash, i) for b, i in pieces)
-        self.background.start_soon(self._load_ahead, pieces)
-
-    async def _load_ahead(self, pieces: list[tuple[BlobFile, int]]) -> None:
-        """Blocks become flights (which readers wait for) only once their GET can start: a
-        reader that needs a block still queued behind other spans (a whole blob coming for a
-        random reader, say) fetches it on its own instead of waiting for the queue."""
-        try:
-            async with self._spans_loading:
-                # A reader may have fetched some of them meanwhile, or be fetching them: left out.
-                todo = [(b, i) for b, i in pieces if self._still_missing(b, i)]
-                blob_of = {(b.entry.hash, i): b for b, i in todo}
-                for span in self.blobs.spans([(b.entry, i) for b, i in todo]):
-                    part = [(blob_of[e.hash, i], i) for e, i in span]
-                    part = [(b, i) for b, i in part if self._still_missing(b, i)]  # again, after an await
-                    if part and time.monotonic() >= self._down_until:
-                        await self._load_span(part)
-        finally:
-            for b, i in pieces:
-                self._ahead.discard((b.entry.hash, i))
-                self._close_blob(b.entry.hash)
-
-    async def _load_span(self, part: list[tuple[BlobFile, int]]) -> None:
-        self.counters["gets_ahead"] += 1
-        keys = [(b.entry.hash, i) for b, i in part]
-        flights = await self._fly(keys, functools.partial(self._fetch_span, part), background=True)
-        for k, f in flights.items():  # the reader gets the error if it reaches this block
-            if f.error is not None:
-                log.debug("fetching block %d of blob %s ahead: %s", k[1], k[0], f.error)
-                if isinstance(f.error, StoreUnavailableError):
-                    self._down_until = time.monotonic() + FAIL_FAST
-        await self._keep(
-            [(b, i, flights[b.entry.hash, i].data) for b, i in part if flights[b.entry.hash, i].error is None]
-        )
-
-    def _still_missing(self, blob: BlobFile, index: int) -> bool:
-        """Neither verified, on disk, in memory nor being fetched (a block queued to be fetched
-        ahead is still missing: see `_load_ahead`)."""
-        h = blob.entry.hash
-        return (
-            (h, index) not in self._flights
-            and not blob.verified[index]
-            and not blob.local(index)
-            and self.cache.recall(h, index) is None
-        )
-
-    def _fetch_span(self, pieces: list[tuple[BlobFile, int]]) -> dict[tuple[str, int], Any]:
-        """In a worker thread: one GET for the span, each block verified and taken by its blob
-        (the caller keeps them). A block that failed its check is fetched on its own, which
-        reports the error."""
-        got = self.blobs.read_span([(b.entry, i) for b, i in pieces])
-        out: dict[tuple[str, int], Any] = {}
-        for blob, i in pieces:
-            key = (blob.entry.hash, i)
-            try:
-                data = got.get(key)
-                if data is None:
-                    out[key] = blob.fetch_to_memory(i)
-                else:
-                    blob.take(i, data)
-                    out[key] = data
-            except Exception as e:
-                out[key] = e
-        return out
+        return await self.reader.read(handle.stream, offset, size)
 
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh)
-        if handle.blob is not None:
-            self._close_blob(handle.blob.entry.hash)
-
-    def _close_blob(self, h: str) -> None:
-        blob, users = self._open_blobs[h]
-        if users > 1:
-            self._open_blobs[h] = (blob, users - 1)
-        else:
-            del self._open_blobs[h]
-            self._passed.pop(h, None)
-            blob.close()
+        if handle.stream is not None:
+            self.reader.close(handle.stream)
+        inst = self._instances[handle.space] if handle.space else None
+        if inst is not None:
+            self._drop_if_idle(inst)
 
     def close(self) -> None:
-        for blob, _ in self._open_blobs.values():
-            blob.close()
-        self._open_blobs.clear()
+        self.reader.close_all()
         self._handles.clear()
 
     # -- generated files ---------------------------------------------------------------------
     def stats(self, counters: dict[str, int]) -> dict[str, Any]:
+        loaded = [i.nodes for i in self._instances if i is not None and i.nodes is not None]
         return {
             **self.cache.counters(),
             **counters,
             "open_files": len(self._handles),
-            "open_blobs": len(self._open_blobs),
-            "versions_loaded": len(self._trees),
+            "open_blobs": self.reader.open_blobs(),
+            "versions_loaded": len(loaded),
+            "directories_loaded": sum(n.loaded_dirs() for n in loaded),
+            "tree_bytes_loaded": sum(n.loaded_bytes() for n in loaded),
+            "tree_objects_read": self.blobs.objects_read,
+            "tree_bytes_read": self.blobs.object_bytes_read,
             "cache_usage": self.cache.usage(),
             "cache_memory": self.cache.memory(),
             "cache_budget": self.cache.budget,
@@ -794,10 +447,4 @@ class Filesystem:
         else:
             inst, _ = self._split(ino)
             doc = {**inst.record.to_dict(), "dir": inst.dirname}
-            tree = inst.tree or self._trees.get(inst.record.tree or inst.record.manifest)
-            rec = inst.record
-            manifest = (
-                tree.manifest if tree else version_tree(self.blobs, rec, self.blobs.block_size).manifest()
-            )
-            doc["entries"] = [e.to_dict() for e in manifest]
         return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
