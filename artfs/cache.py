@@ -643,13 +643,12 @@ class BlockCache:
                 try:
                     checkpoint()
                     missing = [(e, i) for e, i in span if opened[e.hash].load_local(i) is None]
-                    got = blobs.read_span(missing) if missing else {}
-                    for e, i in missing:  # one that failed its check is fetched alone, to report it
-                        data = got.get((e.hash, i))
-                        if data is None:
-                            opened[e.hash].fetch(i)
-                        else:
-                            opened[e.hash].accept(i, data)
+                    got = blobs.read_pieces(missing)
+                    for e, i in missing:
+                        data = got[e.hash, i]
+                        if isinstance(data, Exception):
+                            raise data
+                        opened[e.hash].accept(i, data)
                     bar.update(sum(e.block(i, self.block_size)[1] for e, i in span))
                 finally:
                     for blob in opened.values():

@@ -252,12 +252,15 @@ def _fetch(
 
     def write_span(span: list[tuple[Entry, int]]) -> None:
         # every block of each file (a packed file has several when the store's blocks are small)
-        got = blobs.read_span([(e, i) for e, _ in span for i in range(e.block_count(blobs.block_size))])
+        got = blobs.read_pieces([(e, i) for e, _ in span for i in range(e.block_count(blobs.block_size))])
         for e, _ in span:
-            blocks = [got.get((e.hash, i)) for i in range(e.block_count(blobs.block_size))]
-            whole = [b for b in blocks if b is not None]
-            # a content that failed its check is fetched alone: that says why
-            _write(blobs, e, where[e.path], bar, whole if len(whole) == len(blocks) else None)
+            blocks: list[bytes | memoryview] = []
+            for i in range(e.block_count(blobs.block_size)):
+                block = got[e.hash, i]
+                if isinstance(block, Exception):
+                    raise block
+                blocks.append(block)
+            _write(blobs, e, where[e.path], bar, blocks)
 
     with progress(total=sum(e.size for e in entries), desc="downloading") as bar, Pool(WORKERS) as pool:
         pool.run(lambda e: _write(blobs, e, where[e.path], bar), singles)
