@@ -489,8 +489,10 @@ class Nodes:
     def _unload_if_unused(self, node: int) -> None:
         while node:  # the root stays while the tree does
             d = self._loaded.get(node)
+            if d is None or d.live:
+                return
             holder, i = self._holder(node)
-            if d is None or d.live or holder.counts[i]:
+            if holder.counts[i]:
                 return
             del self._loaded[node]
             at = bisect.bisect_left(self._bases, d.base)

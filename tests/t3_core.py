@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -846,6 +847,7 @@ def test_format_2_round_trips_any_tree_and_answers_like_the_model(
             assert sorted(e.name for e in tree.listdir(d)) == below, d
         assert sorted(e.path for e in tree.walk()) == sorted(model)
         assert tree.lookup("no such name") is None
+        trio.run(_view_answers_like_the_model, store, model, tmp_path / "cache", rnd)
         # the same content, made in another order with other mtimes: the same digest, no version
         order = sorted(model)
         rnd.shuffle(order)
@@ -905,3 +907,50 @@ def test_reads_load_only_the_tree_objects_and_block_chunks_on_their_way(
     source = Counting()
     hashes = BlockHashes(tuple(f"{i:032x}" for i in range(4)), 4 * PER_CHUNK, source)
     assert hashes[2 * PER_CHUNK + 5] == "0" * 32 and source.asked == [f"{2:032x}"]  # one chunk of four
+
+
+async def _view_answers_like_the_model(
+    store: artfs.Store, model: dict[str, tuple[str, object]], cache_dir: Path, rnd: random.Random
+) -> None:
+    """The mount's view, without FUSE: every lookup, listing, link and read as the model says,
+    and once the kernel would have forgotten everything, nothing is left loaded."""
+    from artfs.cache import BlockCache
+    from artfs.namespace import ROOT_INO
+    from artfs.reader import BlockReader
+    from artfs.storage.aio import Threads
+    from artfs.vfs import VersionsView
+
+    blobs = store.blobs
+    async with trio.open_nursery() as nursery:
+        reader = BlockReader(blobs, BlockCache(cache_dir, blobs.block_size), Threads(4), nursery)
+        view = VersionsView(store.catalog, blobs, reader.cache, reader, lambda parent, name: None)
+        refs: dict[int, int] = {}
+        top = await view.lookup(ROOT_INO, "t:v0")
+        assert top is not None
+        refs[top.ino] = 1
+        inodes = {"": top.ino}
+        for path in sorted(model, key=lambda p: (p.count("/"), p)):
+            parent, _, name = path.rpartition("/")
+            attr = await view.lookup(inodes[parent], name)
+            assert attr is not None and attr.kind == model[path][0], path
+            refs[attr.ino] = refs.get(attr.ino, 0) + 1
+            inodes[path] = attr.ino
+            kind, what = model[path]
+            if kind == "link":
+                assert await view.readlink(attr.ino) == what
+            elif kind == "file":
+                opened = await view.open(attr.ino)
+                data, _ = what  # type: ignore[misc]
+                assert bytes(await view.read(opened.fh, 0, len(data) + 1)) == data
+                view.release(opened.fh)
+        for d in [p for p, (k, _) in model.items() if k == "dir"] + [""]:
+            listed = sorted(n for n, _ in await view.listdir(inodes[d]))
+            assert listed == sorted(p.rpartition("/")[2] for p in model if p.rpartition("/")[0] == d), d
+        assert await view.lookup(top.ino, "no such name") is None
+        forgotten = list(refs.items())
+        rnd.shuffle(forgotten)  # the kernel forgets in any order, parents before children too
+        for ino, n in forgotten:
+            view.forget(ino, n)
+        assert view.stats({})["directories_loaded"] == 0  # the kernel holds nothing: nor do we
+        view.close()
+        nursery.cancel_scope.cancel()

@@ -965,3 +965,18 @@ def test_a_store_written_before_format_2_mounts_as_it_did(
     )
     run("cp", "-a", str(m.path / "ds:latest"), str(tmp_path / "copy"))
     assert run_cli("verify", "ds:v1", str(tmp_path / "copy"), store=format1_store).returncode == 0
+
+
+def test_the_daemon_forgets_what_the_kernel_forgot(
+    tmp_path: Path, store_url: str, mount: MountFactory
+) -> None:
+    files = {f"d{d:02}/f{f:02}.txt": f"{d}-{f}\n" for d in range(20) for f in range(30)}
+    push(store_url, "ds", make_tree(tmp_path / "src", files))
+    m = mount(store_url)
+    assert len(run("find", str(m.path / "ds:v0")).splitlines()) == 1 + 20 + 600
+    s = m.stats()
+    assert s["directories_loaded"] == 21 and s["versions_loaded"] == 1
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # the kernel drops its dentries and inodes
+    wait_until(lambda: m.stats()["directories_loaded"] == 0 and m.stats()["versions_loaded"] == 0)
+    assert (m.path / "ds:v0" / "d07" / "f03.txt").read_text() == "7-3\n"  # loaded again as needed
+    assert m.stats()["directories_loaded"] == 2  # the root and d07
