@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from .blobs import BlobStore
+from .cache import BlockCache
 from .catalog import Catalog, VersionRecord
 from .commit import CommitResult, DirSource, Part, commit
-from .config import StoreConfig, default_store_url
+from .config import StoreConfig, default_cache_dir, default_store_url
 from .errors import (
     ArtifactNotFoundError,
     InvalidInputError,
@@ -34,6 +35,7 @@ from .errors import (
 from .manifest import EMPTY_DIGEST, Difference, Entry, Manifest
 from .names import LATEST, Ref, join_path, validate_alias, validate_name, validate_path
 from .progress import ProgressFactory, silent
+from .reader import FileReader
 from .sources import LocalFile, ScanOptions, Source, source_for
 from .storage import normalize_url, open_backend
 from .tree import Tree, diff, version_tree
@@ -71,6 +73,11 @@ class Store:
     def catalog(self) -> Catalog:
         self._open()
         return Catalog(self.backend)
+
+    @cached_property
+    def cache(self) -> BlockCache:
+        """The block cache this machine's mounts share ($ARTFS_CACHE): API reads use it too."""
+        return BlockCache(default_cache_dir(), self.blobs.block_size)
 
     @cached_property
     def blobs(self) -> BlobStore:
@@ -379,7 +386,8 @@ class Version:
             entry = self.get_path(target).entry
         if not entry.is_file:
             raise InvalidInputError(f"{self.qualified_name}: {path!r} is not a file")
-        return self.store.blobs.open(entry)
+        blobs = self.store.blobs
+        return io.BufferedReader(FileReader(blobs, self.store.cache, entry), buffer_size=blobs.block_size)
 
     def default_root(self) -> Path:
         return Path("artifacts") / f"{self.name}:{self.version}"

@@ -230,18 +230,6 @@ class BlobStore:
         for i in range(entry.block_count(self.block_size)):
             yield self.read_block(entry, i)
 
-    def read(self, entry: Entry, offset: int, size: int) -> bytes:
-        end = min(entry.size, offset + size)
-        if offset >= end:
-            return b""
-        first, last = offset // self.block_size, (end - 1) // self.block_size
-        data = b"".join(self.read_block(entry, i) for i in range(first, last + 1))
-        skip = offset - first * self.block_size
-        return data[skip : skip + end - offset]
-
-    def open(self, entry: Entry) -> io.BufferedReader:
-        return io.BufferedReader(_BlobReader(self, entry), buffer_size=self.block_size)
-
     # -- tree objects (format 2) and manifests (format 1) ------------------------------------
     def put_objects(self, objects: Iterable[tuple[str, bytes]]) -> int:
         """Store tree, index and block-list objects (write-once, by key); returns how many were
@@ -316,32 +304,3 @@ class _Objects:
             self._bytes += len(data)
             while self._bytes > self._budget:
                 self._bytes -= len(self._items.popitem(last=False)[1])
-
-
-class _BlobReader(io.RawIOBase):
-    """A seekable, verified, lazily fetched view of one file of a version."""
-
-    def __init__(self, blobs: BlobStore, entry: Entry) -> None:
-        self._blobs = blobs
-        self._entry = entry
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._entry.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._blobs.read(self._entry, self._pos, len(buf))
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)

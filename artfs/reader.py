@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -442,3 +444,89 @@ class BlockReader:
         for blob, _ in self._leased.values():
             blob.close()
         self._leased.clear()
+
+
+class FileReader(io.RawIOBase):
+    """One file of a version, read by the Python API (Version.open): seekable, lazily fetched,
+    every byte verified, through the same block cache as the mounts (a block fetched once on
+    this machine is read from disk by every later reader, mount or not). Threads of a process
+    reading the same block fetch it once. A reader that goes on where it left off gets its
+    next blocks a span per GET (up to ahead of it), like a mount's stream."""
+
+    _flights: ClassVar[dict[tuple[str, int], threading.Lock]] = {}
+    _flights_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, blobs: BlobStore, cache: BlockCache, entry: Entry) -> None:
+        self._blobs = blobs
+        path = blobs.local_path(entry)  # a file:// store's blob is read where it lies
+        self._blob: BlobFile = (
+            InPlaceBlob(entry, blobs.block_size, path)
+            if path is not None
+            else cache.open(entry, functools.partial(blobs.read_block, entry))
+        )
+        self._entry = entry
+        self._pos = 0
+        self._ahead = ReadAhead(blobs.block_size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._entry.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        blob = self._blob
+        indices = blob.blocks_of(self._pos, len(buf))
+        if not indices:
+            return 0
+        window = self._ahead.advise(indices[0], indices[-1], len(blob.verified))
+        loaded: dict[int, Buffer] = {}
+        for i in indices:
+            if not blob.verified[i]:
+                loaded[i] = self._block(i, range(i, max(window.stop, i + 1)))
+        data = blob.read(self._pos, len(buf), loaded)
+        buf[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def _block(self, index: int, run: range) -> Buffer:
+        """Block `index`, from disk if it is there, else fetched (once, however many threads
+        ask) with the missing blocks of `run` after it in the same GETs."""
+        blob = self._blob
+        local = blob.load_local(index)
+        if local is not None:
+            return local
+        key = (blob.entry.hash, index)
+        with FileReader._flights_lock:
+            lock = FileReader._flights.setdefault(key, threading.Lock())
+        with lock:
+            try:
+                local = blob.load_local(index)  # another thread may have fetched it meanwhile
+                if local is not None:
+                    return local
+                wanted = [i for i in run if not blob.verified[i] and not blob.local(i)]
+                got = self._blobs.read_pieces([(blob.entry, i) for i in wanted]) if len(wanted) > 1 else {}
+                for i in wanted[1:]:
+                    data = got.get((blob.entry.hash, i))
+                    if data is not None and not isinstance(data, Exception):
+                        blob.accept(i, data)
+                first = got.get(key)
+                if first is None or isinstance(first, Exception):
+                    return blob.fetch(index)  # reports what is wrong with it, if anything
+                return blob.accept(index, first)
+            finally:
+                with FileReader._flights_lock:
+                    FileReader._flights.pop(key, None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._blob.close()
+        super().close()

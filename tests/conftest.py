@@ -38,6 +38,14 @@ def make_tree(root: Path, files: dict[str, bytes | str]) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test has a block cache and a state directory of its own (never the user's): what
+    one test fetched or recorded cannot make another pass."""
+    monkeypatch.setenv("ARTFS_CACHE", str(tmp_path / "user-cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "user-state"))
+
+
 def _free_ports(n: int) -> list[int]:
     """Ports p with p and p + 10000 free on loopback (SeaweedFS adds gRPC at p + 10000)."""
     found: list[int] = []

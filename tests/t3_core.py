@@ -419,11 +419,13 @@ def test_small_files_go_up_in_packs_on_a_remote_store(
         pack, at = keys.pack(entries["d/f07.txt"].pack), entries["d/f07.txt"].offset
         good = store.backend.get(pack).data
         store.backend.put(pack, good[:at] + b"X" + good[at + 1 :])  # damaged in the store
+        assert v0.open("d/f07.txt").read() == files["d/f07.txt"].encode()  # verified in the cache
+        os.environ["ARTFS_CACHE"] = str(tmp_path / "new-machine")  # (the fixture restores it)
         with pytest.raises(CorruptDataError, match="is corrupt"):
-            v0.open("d/f07.txt").read()
+            artfs.Store(store.url).artifact("ds:v0").open("d/f07.txt").read()
         store.backend.delete(pack)
         with pytest.raises(CorruptDataError, match="missing"):
-            v0.open("d/f07.txt").read()
+            artfs.Store(store.url).artifact("ds:v0").open("d/f07.txt").read()
 
         f = src / "d" / "f00.txt"
         entry = entries["d/f00.txt"]
@@ -954,3 +956,37 @@ async def _view_answers_like_the_model(
         assert view.stats({})["directories_loaded"] == 0  # the kernel holds nothing: nor do we
         view.close()
         nursery.cancel_scope.cancel()
+
+
+def test_api_reads_go_through_the_machines_block_cache(
+    seaweedfs: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("ARTFS_CACHE", str(tmp_path / "cache"))
+    data = os.urandom(3 * SPAN_BYTES // 2)  # 12 MiB: 12 blocks, spans of 8
+    url = f"s3://{S3_BUCKET}/api-cache-{os.getpid()}"
+    push_dir(artfs.Store(url), "ds", make_tree(tmp_path / "src", {"big.bin": data, "small.txt": "small"}))
+
+    first = artfs.Store(url)
+    with first.artifact("ds:v0").open("big.bin") as f:
+        assert f.read() == data
+    counters = first.cache.counters()
+    assert counters["blocks_fetched"] == 12 and counters["blocks_cached"] == 12
+
+    second = artfs.Store(url)  # another process, as far as memory goes: the disk cache serves it
+    with second.artifact("ds:v0").open("big.bin") as f:
+        f.seek(5 * (1 << 20) + 3)
+        assert f.read(100) == data[5 * (1 << 20) + 3 : 5 * (1 << 20) + 103]
+    assert second.cache.counters().get("blocks_fetched", 0) == 0
+
+    third = artfs.Store(url)
+    version = third.artifact("ds:v0")
+
+    def read_small(_: int) -> bytes:
+        with version.open("small.txt") as f:
+            return f.read()
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(read_small, range(8))) == {b"small"}
+    assert third.cache.counters()["blocks_fetched"] == 1  # eight readers, one fetch
