@@ -71,8 +71,7 @@ class Store:
 
     @property
     def catalog(self) -> Catalog:
-        self._open()
-        return Catalog(self.backend)
+        return Catalog(self.backend, markers=self._open().format >= 2)
 
     @cached_property
     def cache(self) -> BlockCache:

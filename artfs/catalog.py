@@ -12,9 +12,11 @@ Concurrency without a server:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -34,6 +36,8 @@ from .storage import Backend
 COMMITTED = "COMMITTED"
 DELETED = "DELETED"
 CAS_ATTEMPTS = 200
+DELETED_MARK = keys.DELETED_MARK
+SUMMARY_READERS = 16
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,37 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
 
 
+@dataclass
+class ArtifactKeys:
+    """What one listing of the store's keys says of an artifact, without reading a record."""
+
+    versions: dict[int, float] = field(default_factory=dict)  # number → when its key was written
+    deleted: set[int] = field(default_factory=set)  # numbers with a deletion marker
+    aliases: dict[str, str] = field(default_factory=dict)  # alias → its record's change token
+
+    @property
+    def live(self) -> list[int]:
+        return sorted(n for n in self.versions if n not in self.deleted)
+
+
+@dataclass(frozen=True)
+class TopEntry:
+    """A version or alias as a mount's top directory lists it."""
+
+    dirname: str  # name:vN or name:alias
+    name: str
+    number: int
+    modified: float  # when the version's key was written (seconds)
+
+
 class Catalog:
-    def __init__(self, backend: Backend) -> None:
+    """See the module docstring. `markers`: the store marks deleted versions in key names
+    (format-2 stores): listings then need no version record at all."""
+
+    def __init__(self, backend: Backend, markers: bool = True) -> None:
         self.backend = backend
+        self.markers = markers
+        self._aliases: dict[str, tuple[str, int | None]] = {}  # alias key → (change, target) read
 
     # -- reading -----------------------------------------------------------------------------
     def artifact_names(self) -> list[str]:
@@ -104,15 +136,59 @@ class Catalog:
         recs = (self.read(name, n)[0] for n in self.numbers(name))
         return [r for r in recs if r.state == COMMITTED]
 
-    def listing(self) -> list[tuple[str, VersionRecord]]:
-        """Every live version and alias as a mount's top directory names it: `name:vN`, and
-        `name:alias` for each alias naming a live version."""
-        out = []
-        for name in self.artifact_names():
-            live = {r.number: r for r in self.versions(name)}
-            out += [(f"{name}:v{n}", r) for n, r in live.items()]
-            out += [(f"{name}:{a}", live[n]) for a, n in sorted(self.aliases(name).items()) if n in live]
+    def scan(self) -> dict[str, ArtifactKeys]:
+        """Every artifact's versions, deletion markers and aliases, from one listing of keys
+        (a request per thousand keys, whatever the number of artifacts)."""
+        out: dict[str, ArtifactKeys] = {}
+        for o in self.backend.list(keys.ARTIFACTS):
+            name, _, rest = o.key[len(keys.ARTIFACTS) :].partition("/")
+            kind, _, leaf = rest.partition("/")
+            if not NAME_RE.fullmatch(name) or not leaf or "/" in leaf:
+                continue
+            found = out.setdefault(name, ArtifactKeys())
+            if kind == "versions" and leaf.isdigit():
+                found.versions[int(leaf)] = o.modified
+            elif kind == "versions" and leaf.endswith(DELETED_MARK) and leaf[: -len(DELETED_MARK)].isdigit():
+                found.deleted.add(int(leaf[: -len(DELETED_MARK)]))
+            elif kind == "aliases":
+                found.aliases[leaf] = o.change
         return out
+
+    def listing(self) -> list[TopEntry]:
+        """Every live version and alias as a mount's top directory names it: `name:vN`, and
+        `name:alias` for each alias naming a live version. `latest` names the newest live
+        version (catalog invariant); other aliases are read, once per change of their record."""
+        out = []
+        for name, found in sorted(self.scan().items()):
+            live = found.live if self.markers else [r.number for r in self.versions(name)]
+            if not live:
+                continue
+            out += [TopEntry(f"{name}:v{n}", name, n, found.versions[n]) for n in live]
+            for alias, change in sorted(found.aliases.items()):
+                target = live[-1] if alias == LATEST else self._alias_read(name, alias, change)
+                if target in live:
+                    out.append(TopEntry(f"{name}:{alias}", name, target, found.versions[target]))
+        return out
+
+    def _alias_read(self, name: str, alias: str, change: str) -> int | None:
+        key = keys.alias(name, alias)
+        known = self._aliases.get(key)
+        if known is None or known[0] != change:
+            known = (change, self._alias_target(name, alias))
+            self._aliases[key] = known
+        return known[1]
+
+    def summaries(self) -> list[tuple[VersionRecord, int]]:
+        """Every artifact's newest live version (read with one GET each, in parallel) and how
+        many live versions it has."""
+        newest = []
+        for name, found in sorted(self.scan().items()):
+            live = found.live if self.markers else [r.number for r in self.versions(name)]
+            if live:
+                newest.append((name, live[-1], len(live)))
+        with ThreadPoolExecutor(SUMMARY_READERS) as pool:
+            records = list(pool.map(lambda t: self.read(t[0], t[1])[0], newest))
+        return [(r, count) for r, (_, _, count) in zip(records, newest, strict=True)]
 
     def aliases(self, name: str) -> dict[str, int]:
         prefix = keys.aliases(name)
@@ -268,16 +344,18 @@ class Catalog:
         return held
 
     def tombstone(self, name: str, number: int) -> None:
-        """Mark a version deleted; its number stays claimed so it is never reused."""
+        """Mark a version deleted: its record says so (its number stays claimed so it is never
+        reused), then a marker key does, for listings that read no records."""
         for attempt in range(CAS_ATTEMPTS):
             rec, etag = self.read(name, number)
             if rec.state == DELETED:
-                return
+                break
             try:
                 self.update(replace(rec, state=DELETED), etag)
                 break
             except PreconditionFailedError:
                 _backoff(attempt)
+        self.mark_deleted(name, number)
         # If `latest` named it, move `latest` back to the newest live version (only if it still
         # names the deleted one: a commit racing with us may have moved it forward already).
         if self._alias_target(name, LATEST) == number:
@@ -286,6 +364,18 @@ class Catalog:
                 self._move_latest_back(name, number, live[-1].number)
             else:
                 self.delete_alias(name, LATEST, expected=number)
+
+    def mark_all_deleted(self) -> None:
+        """Give every deleted version its marker (a format-1 store's tombstones have none;
+        format-2 stores promise them): once, before a store becomes format 2."""
+        for name in self.artifact_names():
+            for n in self.numbers(name):
+                if self.read(name, n)[0].state == DELETED:
+                    self.mark_deleted(name, n)
+
+    def mark_deleted(self, name: str, number: int) -> None:
+        with contextlib.suppress(PreconditionFailedError):
+            self.backend.put(keys.deleted(name, number), b"", if_absent=True)
 
     def _move_latest_back(self, name: str, deleted: int, newest: int) -> None:
         key = keys.alias(name, LATEST)

@@ -411,28 +411,25 @@ def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
             )
         out.print(t)
         return None
-    rows: list[dict[str, Any]] = []
-    for n in store.names():
-        records = store.catalog.versions(n)
-        if records:
-            newest = records[-1]
-            rows.append(
+    summaries = store.catalog.summaries()  # one listing, and a record per artifact
+    if as_json:
+        return emit_json(
+            [
                 {
-                    "name": n,
+                    "name": newest.name,
                     "type": newest.type,
-                    "versions": len(records),
+                    "versions": count,
                     "latest": f"v{newest.number}",
                     "size": newest.size,
                     "updated": newest.created_at,
                 }
-            )
-    if as_json:
-        return emit_json(rows)
-    t = table("NAME", "TYPE", "VERSIONS", "LATEST", "SIZE", "UPDATED")
-    for r in rows:
-        t.add_row(
-            r["name"], r["type"], str(r["versions"]), r["latest"], human_size(r["size"]), when(r["updated"])
+                for newest, count in summaries
+            ]
         )
+    t = table("NAME", "TYPE", "VERSIONS", "LATEST", "SIZE", "UPDATED")
+    for newest, count in summaries:
+        size, updated = human_size(newest.size), when(newest.created_at)
+        t.add_row(newest.name, newest.type, str(count), f"v{newest.number}", size, updated)
     out.print(t)
     return None
 

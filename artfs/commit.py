@@ -481,7 +481,9 @@ def commit(
             producer=producer(),
         )
 
-    StoreConfig.upgrade(catalog.backend)  # before the first format-2 version: see `upgrade`
+    if not catalog.markers:  # a format-1 store gets its first format-2 version: see `upgrade`
+        catalog.mark_all_deleted()
+        StoreConfig.upgrade(catalog.backend)
     rec = catalog.claim(name, record)
     log.info("claimed %s", rec.label)
     catalog.set_alias(name, LATEST, rec.number, forward_only=True)

@@ -126,7 +126,8 @@ def serve(options: MountOptions) -> None:
             stack.callback(nursery.cancel_scope.cancel)  # after the mount is gone (reverse order)
             reader = BlockReader(blobs, cache, threads, nursery, options.in_place)
             info = {**asdict(options), "cache_size": cache.budget, "mountpoint": mountpoint}
-            view = VersionsView(Catalog(backend), blobs, cache, reader, invalidate, info)
+            catalog = Catalog(backend, markers=config.format >= 2)
+            view = VersionsView(catalog, blobs, cache, reader, invalidate, info)
             stack.callback(view.close)
             tune_memory()
             pyfuse3.init(Operations(view), mountpoint, fuse_options)

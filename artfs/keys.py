@@ -7,6 +7,7 @@ trees/ab/abcdef…                    tree, index and block-list objects of form
                                     named by the hash of their bytes
 manifests/ab/abcdef…                format-1 manifests, write-once, named by the hash of their bytes
 artifacts/<name>/versions/<N>       version record, created with put-if-absent
+artifacts/<name>/versions/<N>.deleted   empty: the version was deleted (so listings need no record)
 artifacts/<name>/aliases/<alias>    alias record, moved with compare-and-swap
 """
 
@@ -38,6 +39,13 @@ def versions(name: str) -> str:
 
 def version(name: str, number: int) -> str:
     return f"{versions(name)}{number}"
+
+
+DELETED_MARK = ".deleted"
+
+
+def deleted(name: str, number: int) -> str:
+    return f"{version(name, number)}{DELETED_MARK}"
 
 
 def aliases(name: str) -> str:

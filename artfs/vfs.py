@@ -60,16 +60,14 @@ class Instance:
 
     space: int
     dirname: str
-    record: VersionRecord
+    name: str
+    number: int
+    mtime_ns: int  # when the version was made, as first known (every directory carries it)
+    record: VersionRecord | None = None  # read when first needed (a listing reads none)
     nodes: Nodes | None = None  # the tree, while anything in it is referenced
     refs: int = 0  # the kernel's references to its root directory
     info_refs: int = 0  # … and to its .artfs file
     siblings_upto: dict[int, int] = field(default_factory=dict)  # dir node → last node prefetched
-
-    @functools.cached_property
-    def mtime_ns(self) -> int:
-        """When the version was made (parsed once: every directory's attributes carry it)."""
-        return _ns(self.record.created_at)
 
 
 @dataclass
@@ -114,13 +112,15 @@ class VersionsView:
         self._next_fh = 1
 
     # -- the top -----------------------------------------------------------------------------
-    def _instance(self, dirname: str, record: VersionRecord) -> Instance:
-        inst = self._instance_of.get((dirname, record.number))
+    def _instance(
+        self, dirname: str, name: str, number: int, mtime_ns: int, record: VersionRecord | None = None
+    ) -> Instance:
+        inst = self._instance_of.get((dirname, number))
         if inst is None:
-            inst = Instance(len(self._instances), dirname, record)
+            inst = Instance(len(self._instances), dirname, name, number, mtime_ns, record)
             self._instances.append(inst)
-            self._instance_of[(dirname, record.number)] = inst
-        else:
+            self._instance_of[(dirname, number)] = inst
+        elif record is not None:
             inst.record = record  # metadata may have been edited; the tree cannot change
         if self._named.setdefault(dirname, inst.space) != inst.space:
             self._named[dirname] = inst.space
@@ -145,7 +145,7 @@ class VersionsView:
                 log.warning("store unreachable; listing the %d names known so far: %s", len(known), e)
                 self._listing = (time.monotonic(), known)  # ask again after ROOT_TIMEOUT, not now
                 return known
-            entries = [self._instance(d, r) for d, r in listing]
+            entries = [self._instance(t.dirname, t.name, t.number, int(t.modified * 1e9)) for t in listing]
             for gone in {i.dirname for i in self._listing[1]} - {i.dirname for i in entries}:
                 self._named.pop(gone, None)
                 self._forget_name(gone)
@@ -169,7 +169,15 @@ class VersionsView:
                 raise
             log.warning("store unreachable; %s still names what it last did: %s", dirname, e)
             return self._instances[known]
-        return None if record is None else self._instance(dirname, record)
+        if record is None:
+            return None
+        return self._instance(dirname, record.name, record.number, _ns(record.created_at), record)
+
+    async def _record(self, inst: Instance) -> VersionRecord:
+        if inst.record is None:
+            read = functools.partial(self.catalog.read, inst.name, inst.number)
+            inst.record = (await self.reader.ask(("record", inst.name, inst.number), read))[0]
+        return inst.record
 
     # -- trees -------------------------------------------------------------------------------
     def _split(self, ino: int) -> tuple[Instance, int]:
@@ -181,7 +189,7 @@ class VersionsView:
 
     async def _nodes(self, inst: Instance) -> Nodes:
         if inst.nodes is None:
-            rec = inst.record
+            rec = await self._record(inst)
             key = rec.tree or rec.manifest
             tree = self._trees.get(key)
             if tree is None:
@@ -231,6 +239,8 @@ class VersionsView:
         return self._meta_file_attr(ino, len(await self._meta_snapshot(ino)))
 
     async def _meta_snapshot(self, ino: int) -> bytes:
+        if ino >> 32:
+            await self._record(self._split(ino)[0])
         # counters are copied here, on the loop that changes them; the rest may block
         return await self.reader.threads.run(self._meta_content, ino, dict(self.reader.counters))
 
@@ -357,10 +367,8 @@ class VersionsView:
             return {}
         inst, node = self._split(ino)
         if node == 0:
-            return {
-                "user.artfs.version": inst.record.label.encode(),
-                "user.artfs.digest": inst.record.digest.encode(),
-            }
+            record = await self._record(inst)
+            return {"user.artfs.version": record.label.encode(), "user.artfs.digest": record.digest.encode()}
         if node == INFO_NODE:
             return {}
         entry = self._node_known(inst, node).entry(node)
@@ -446,5 +454,6 @@ class VersionsView:
             doc = self.stats(counters)
         else:
             inst, _ = self._split(ino)
+            assert inst.record is not None, "read by _meta_snapshot"
             doc = {**inst.record.to_dict(), "dir": inst.dirname}
         return (json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()

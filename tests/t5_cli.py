@@ -287,13 +287,14 @@ def test_an_internal_error_is_exit_3_and_says_it_is_a_bug(
 ) -> None:
     from click.testing import CliRunner
 
-    import artfs.api
+    from artfs.catalog import Catalog
     from artfs.cli import main
 
     def broken(self: object) -> list[str]:
         raise RuntimeError("an unexpected state")
 
-    monkeypatch.setattr(artfs.api.Store, "names", broken)
+    monkeypatch.setattr(Catalog, "summaries", broken)
+    artfs.Store(str(tmp_path / "s")).log_artifact(_one_file(tmp_path))
     result = CliRunner().invoke(main, ["--store", str(tmp_path / "s"), "ls"])
     assert result.exit_code == 3, result.output
     assert "internal error: RuntimeError: an unexpected state" in result.output
@@ -466,3 +467,9 @@ def test_verbose_output_has_timestamps_and_no_sdk_flood(seaweedfs: str, tmp_path
     assert any("claimed ds:v0" in line for line in lines)  # -v and up show the steps
     stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d artfs: (DEBUG|INFO|WARNING|ERROR) artfs\.")
     assert lines and all(stamped.match(line) for line in lines), lines  # ours only, each with a time
+
+
+def _one_file(tmp_path: Path) -> artfs.Artifact:
+    art = artfs.Artifact("ds")
+    art.add_file(make_tree(tmp_path / "one", {"a": "1"}) / "a")
+    return art

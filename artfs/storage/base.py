@@ -26,7 +26,13 @@ T = TypeVar("T")
 class ObjectInfo:
     key: str
     size: int
-    etag: str = ""
+    etag: str = ""  # from `stat`: what `put(if_match=…)` takes; from `list`, where a store gives it
+    modified: float = 0.0  # seconds since the epoch, as the store says (from `list` too)
+
+    @property
+    def change(self) -> str:
+        """Differs whenever the object does (to tell from a listing what changed)."""
+        return self.etag or f"{self.modified!r}-{self.size}"
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,13 @@ class GCSBackend(RemoteBackend):
         def fn() -> list[ObjectInfo]:
             blobs = self._client.list_blobs(self.bucket, prefix=self._key(prefix), retry=None)
             return [
-                ObjectInfo(b.name[len(self.prefix) :], int(b.size or 0), str(b.generation)) for b in blobs
+                ObjectInfo(
+                    b.name[len(self.prefix) :],
+                    int(b.size or 0),
+                    str(b.generation),
+                    b.updated.timestamp() if b.updated else 0.0,
+                )
+                for b in blobs
             ]
 
         return iter(sorted(self._call("LIST", prefix, fn), key=lambda o: o.key))

@@ -258,7 +258,8 @@ class LocalBackend(Backend):
                 key = name if rel == "." else f"{rel}/{name}"
                 if not name.startswith(".") and key.startswith(prefix):
                     with contextlib.suppress(FileNotFoundError):
-                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+                        st = os.stat(os.path.join(dirpath, name))
+                        found.append(ObjectInfo(key, st.st_size, modified=st.st_mtime_ns / 1e9))
         return iter(sorted(found, key=lambda o: o.key))
 
     def list_dirs(self, prefix: str) -> Iterator[str]:

@@ -175,7 +175,10 @@ class S3Backend(RemoteBackend):
             )
             for page in pages:
                 for o in page.get("Contents", []):
-                    out.append(ObjectInfo(o["Key"][len(self.prefix) :], int(o["Size"]), o.get("ETag", "")))
+                    modified = o["LastModified"].timestamp() if "LastModified" in o else 0.0
+                    out.append(
+                        ObjectInfo(o["Key"][len(self.prefix) :], int(o["Size"]), o.get("ETag", ""), modified)
+                    )
             return out
 
         return iter(sorted(self._call("LIST", prefix, fn), key=lambda o: o.key))
