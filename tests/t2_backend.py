@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import artfs
 from artfs.errors import ObjectNotFoundError, PreconditionFailedError, StoreError
 from artfs.storage import Backend, open_backend
 
-from .conftest import make_tree, run_cli
+from .conftest import S3_BUCKET, SeaweedFS, make_tree, run_cli
 
 
 def test_put_get_stat(backend: Backend) -> None:
@@ -231,3 +232,43 @@ def test_an_alias_is_removed_by_compare_and_swap_and_can_come_back(backend: Back
         catalog.resolve(Ref.parse("ds:best"))
     assert catalog.set_alias("ds", "best", 1)
     assert catalog.resolve(Ref.parse("ds:best")).number == 1
+
+
+def test_listing_many_versions_costs_a_listing_not_a_read_per_version(
+    tmp_path: Path, own_s3: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from artfs.catalog import Catalog
+
+    url = f"s3://{S3_BUCKET}/listing"
+    env = {"S3_ENDPOINT_URL": own_s3.endpoint}
+    monkeypatch.setenv("S3_ENDPOINT_URL", own_s3.endpoint)
+    store = artfs.Store(url)
+    for a in range(4):
+        for v in range(6):
+            art = artfs.Artifact(f"a{a}")
+            with art.new_file("x.txt") as f:
+                f.write(f"{a}.{v}")
+            store.log_artifact(art, aliases=["best"] if v == 2 else [])
+    store.artifact("a0:v5").delete()
+
+    with open_backend(url) as backend:
+        catalog = Catalog(backend)
+        before, _ = own_s3.traffic()
+        listing = {t.dirname: t.number for t in catalog.listing()}
+        requests = own_s3.traffic()[0] - before
+    assert len(listing) == 4 * 6 - 1 + 4 + 4  # versions (v5 of a0 deleted), latest and best of each
+    assert listing["a0:latest"] == 4 and listing["a1:latest"] == 5 and listing["a3:best"] == 2
+    assert requests == 1 + 4  # one LIST, and each artifact's `best` (`latest` needs no read)
+    with open_backend(url) as backend:
+        catalog = Catalog(backend)
+        catalog.listing()
+        before, _ = own_s3.traffic()
+        assert catalog.listing() == catalog.listing()
+        assert own_s3.traffic()[0] - before == 2  # again: only the listings; no alias changed
+
+    before, _ = own_s3.traffic()
+    rows = json.loads(run_cli("ls", "--json", store=url, env=env).stdout)
+    assert [(r["name"], r["versions"], r["latest"]) for r in rows] == [
+        ("a0", 5, "v4"), ("a1", 6, "v5"), ("a2", 6, "v5"), ("a3", 6, "v5"),
+    ]  # fmt: skip
+    assert own_s3.traffic()[0] - before <= 1 + 1 + 4  # config, the listing, a record per artifact

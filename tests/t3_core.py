@@ -773,7 +773,16 @@ def test_a_store_written_before_format_2_keeps_working(format1_store: str, tmp_p
     v3 = store.log_artifact(changed)
     assert (v3.version, v3.created) == ("v3", True) and v3._record.tree and not v3._record.manifest
     assert [(d.path, d.change) for d in v1.diff(v3)] == [("a.txt", "modified")]
-    assert json.loads((Path(format1_store.removeprefix("file://")) / "config").read_text())["format"] == 2
+    root = Path(format1_store.removeprefix("file://"))
+    assert json.loads((root / "config").read_text())["format"] == 2
+    assert (root / "artifacts/ds/versions/2.deleted").exists()  # its tombstone got its marker
+    assert [t.dirname for t in store.catalog.listing() if t.name == "ds"] == [
+        "ds:v0",
+        "ds:v1",
+        "ds:v3",
+        "ds:best",
+        "ds:latest",
+    ]
     assert artfs.Store(format1_store).artifact("ds:v0").open("blob.bin").read() == FORMAT1_V0["blob.bin"]
 
 
