@@ -104,6 +104,11 @@ class BlobStore:
         finally:
             os.close(fd)
 
+    def upload_bytes(self, data: bytes, content_hash: str) -> None:
+        """Store `data` (hashed by the caller) as the blob `content_hash`."""
+        with contextlib.suppress(PreconditionFailedError):  # the same content went up first
+            self.backend.put_stream(keys.blob(content_hash), io.BytesIO(data), len(data), if_absent=True)
+
     def upload_pack(
         self, entries: list[Entry], sources: Mapping[str, LocalFile], on_bytes: Callable[[int], object] = int
     ) -> list[Entry]:

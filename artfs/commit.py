@@ -60,9 +60,10 @@ from .workers import Pool, checkpoint
 log = logging.getLogger(__name__)
 
 ON_CONFLICT = ("new", "skip", "error", "replace")
-WORKERS = min(16, (os.cpu_count() or 2) * 2)
+WORKERS = min(8, (os.cpu_count() or 2) * 2)
 PACK_FILE = 256 * 1024  # files up to this size go into packs (on a remote store)
 PACK_BYTES = 8 * 1024 * 1024  # about this much per pack
+BATCH = 64  # small files hashed per task
 
 
 @dataclass(frozen=True)
@@ -152,19 +153,25 @@ class Packer:
 
 @dataclass
 class _Frame:
-    """A directory being written: where it goes, what the parent version has there, and its
-    children as they become ready."""
+    """A directory being written: where it goes, what the parent version has there (read when
+    first needed: an unchanged directory is never read), and its children as they get ready."""
 
     path: str
-    old: dict[str, Entry]
-    old_tree: str
+    old: Entry | None  # the parent version's entry at this path
     subdirs: list[OpenDir]
-    files: list[tuple[Source, Future[tuple[Entry, FileDigest | None, bool]]]] = field(default_factory=list)
+    files: list[tuple[Source, FileDigest | None]] = field(default_factory=list)  # None: being hashed
+    hashing: list[tuple[list[Source], Future[list[FileDigest]]]] = field(default_factory=list)
     children: list[Entry] = field(default_factory=list)
+    _old_children: dict[str, Entry] | None = None
 
 
 class TreeWriter:
-    """Writes parts as a version's tree (see the module docstring); `write` returns the root."""
+    """Writes parts as a version's tree (see the module docstring); `write` returns the root.
+
+    Files are hashed on the pool, BATCH small ones per task (a task per file costs more than
+    hashing a small file), and a content the store lacks is written there by the same task:
+    a small file from the bytes just read. A directory whose object is the parent version's
+    names only what the store has, so nothing in it is asked about; any other is checked."""
 
     def __init__(
         self,
@@ -184,6 +191,7 @@ class TreeWriter:
         self.packer = Packer(blobs, pool, uploading) if blobs.packs else None
         self.written = 0  # tree objects written (not there already)
         self._placed: dict[str, Entry] = {}  # content hash → where this push put it
+        self._stored: set[str] = set()  # contents this push knows the store has
         self._lock = threading.Lock()
 
     def write(self, parts: Iterable[Part]) -> Entry:
@@ -201,13 +209,15 @@ class TreeWriter:
     # -- a directory tree, post-order ----------------------------------------------------------
     def _walk(self, part: DirSource) -> Entry:
         walk = Walk(part.local, part.options)
-        frames = [self._open(walk, walk.top(), part.prefix)]
+        top_old = self.parent.lookup(part.prefix) if self.parent is not None else None
+        frames = [self._open(walk, walk.top(), part.prefix, top_old)]
         try:
             while True:
                 frame = frames[-1]
                 if frame.subdirs:
                     d = frame.subdirs.pop(0)
-                    frames.append(self._open(walk, d, join_path(part.prefix, d.rel)))
+                    old = self._old_children(frame).get(d.rel.rpartition("/")[2])
+                    frames.append(self._open(walk, d, join_path(part.prefix, d.rel), old))
                     continue
                 frames.pop()
                 done = self._close(frame)
@@ -219,90 +229,144 @@ class TreeWriter:
                 for d in frame.subdirs:
                     os.close(d.fd)
 
-    def _open(self, walk: Walk, d: OpenDir, path: str) -> _Frame:
-        old_entry = self.parent.lookup(path) if self.parent is not None else None
-        old: dict[str, Entry] = {}
-        if old_entry is not None and old_entry.kind == "dir" and self.parent is not None:
-            old = {e.name: e for e in self.parent.directory(old_entry).children()}
+    def _old_children(self, frame: _Frame) -> dict[str, Entry]:
+        """The parent version's children of this directory (read once, when first needed)."""
+        if frame._old_children is None:
+            old = frame.old
+            listed = (
+                self.parent.directory(old).children() if self.parent and old and old.kind == "dir" else []
+            )
+            frame._old_children = {e.name: e for e in listed}
+        return frame._old_children
+
+    def _open(self, walk: Walk, d: OpenDir, path: str, old: Entry | None) -> _Frame:
+        """List a directory and set the hashing of the files the stat cache does not know
+        going (see the class docstring)."""
         sources, subdirs = walk.list(d)
-        frame = _Frame(
-            path, old, old_entry.tree if old_entry is not None and old_entry.kind == "dir" else "", subdirs
-        )
-        files = [s for s in sources if s.kind == "file"]
-        trusted = self.records.known(s.stat for s in files if s.stat is not None)
+        frame = _Frame(path, old, subdirs)
+        trusted = self.records.known(s.stat for s in sources if s.kind == "file" and s.stat is not None)
+        batch: list[Source] = []
         for s in sources:
-            target = join_path(path, s.path.rpartition("/")[2]) if path else s.path.rpartition("/")[2]
             if s.kind == "link":
-                frame.children.append(Entry(target, "link", target=s.target))
+                frame.children.append(Entry(join_path(path, _name(s)), "link", target=s.target))
             elif s.kind == "file":
-                assert s.stat is not None and s.local is not None
+                assert s.stat is not None
                 known = trusted.get((s.stat.st_dev, s.stat.st_ino))
+                frame.files.append((s, known))
                 if known is None:
                     extend(self.hashing, s.stat.st_size)
-                frame.files.append(
-                    (
-                        s,
-                        self.pool.submit(
-                            self._file, s.local, s.stat, target, old.get(target.rpartition("/")[2]), known
-                        ),
-                    )
-                )
+                    if s.stat.st_size > PACK_FILE:
+                        frame.hashing.append(([s], self.pool.submit(self._hash_batch, [s])))
+                    else:
+                        batch.append(s)
+                        if len(batch) == BATCH:
+                            frame.hashing.append((batch, self.pool.submit(self._hash_batch, batch)))
+                            batch = []
+        if batch:
+            frame.hashing.append((batch, self.pool.submit(self._hash_batch, batch)))
         return frame
 
     def _close(self, frame: _Frame) -> Entry:
-        hashed = []
-        for src, future in frame.files:
-            entry, digest, placed = future.result()
+        """Everything in the directory is ready: place its files, write it."""
+        hashed: dict[str, FileDigest] = {}
+        for batch, future in frame.hashing:
+            hashed.update(zip((s.path for s in batch), future.result(), strict=True))
+        self.records.record((s.stat, hashed[s.path]) for s, _ in frame.files if s.stat and s.path in hashed)
+        files = []
+        for src, known in frame.files:
             assert src.stat is not None and src.local is not None
-            if digest is not None:
-                hashed.append((src.stat, digest))
-            frame.children.append(entry if placed else self._pack(entry, src.local))
-        self.records.record(hashed)
-        return self._write_dir(frame.path, frame.children, frame.old_tree)
+            digest = known or hashed[src.path]
+            e = Entry(join_path(frame.path, _name(src)), "file", digest.size, normal_mode(src.stat.st_mode),
+                      digest.hash, digest.blocks, src.stat.st_mtime_ns)  # fmt: skip
+            files.append((src.local, e))
+        if self.packer is None:  # every content is a blob of its own: where is known at once
+            return self._write_dir(frame.path, frame.children, files, frame)
+        placed = []
+        for local, e in files:
+            old = self._old_children(frame).get(e.name)
+            if old is not None and old.kind == "file" and old.hash == e.hash:
+                placed.append(self._place(replace(e, blocks=old.blocks, pack=old.pack, offset=old.offset)))
+            elif e.size <= PACK_FILE:
+                placed.append(self._pack(e, local))
+            else:
+                placed.append(self._place(e))
+        return self._write_dir(frame.path, frame.children + placed, [], frame)
 
-    def _write_dir(self, path: str, children: list[Entry], old_tree: str = "") -> Entry:
+    def _write_dir(
+        self,
+        path: str,
+        children: list[Entry],
+        blobs: list[tuple[LocalFile, Entry]],
+        frame: _Frame | None = None,
+    ) -> Entry:
+        """Write a directory whose children are `children` and files stored as blobs of their
+        own (`blobs`), unless the parent version has exactly this directory."""
         checkpoint()
+        chunks: list[tuple[str, bytes]] = []
+        children = list(children)
+        for _, e in blobs:
+            if e.blocks and not isinstance(e.blocks, BlockHashes):
+                made = chunk_objects(e.blocks)
+                chunks += made
+                e = replace(e, blocks=BlockHashes(tuple(k for k, _ in made), len(e.blocks), self.blobs))
+            children.append(e)
         objects = encode_dir(children)
-        if objects.key != old_tree:  # the parent version's object for this path is there already
-            written = self.blobs.put_objects(objects.objects)
-            self.written += written
+        old = frame.old if frame is not None else None
+        if old is None or old.kind != "dir" or objects.key != old.tree:
+            # Not the parent version's directory: the store must have everything it names.
+            for local, e in blobs:
+                old_file = self._old_children(frame).get(e.name) if frame is not None else None
+                if not (old_file is not None and old_file.hash == e.hash) and e.hash not in self._stored:
+                    self._store(local, e)
+            self.blobs.put_objects(chunks)
+            self.written += self.blobs.put_objects(objects.objects)
         files = sum(c.files if c.kind == "dir" else c.kind == "file" for c in children)
         size = sum(c.size for c in children if c.kind != "link")
         return Entry(path, "dir", size, 0o755, tree=objects.key, digest=objects.digest, files=files)
 
-    # -- one file (on a worker thread) ---------------------------------------------------------
-    def _file(
-        self, local: LocalFile, st: os.stat_result, path: str, old: Entry | None, known: FileDigest | None
-    ) -> tuple[Entry, FileDigest | None, bool]:
-        """The file's entry; its digest, if it had to be hashed; and whether its content has a
-        place (else it is a small file for a pack, which `_pack` adds in path order)."""
-        hashed = None
-        if known is None:
-            fd = local.open()
+    # -- contents (`_hash_batch` and `_store` run on worker threads too) ------------------------
+    def _hash_batch(self, sources: list[Source]) -> list[FileDigest]:
+        """Hash files; store the contents the store lacks that are not for packs (a small file
+        from the bytes just read)."""
+        out = []
+        for src in sources:
+            assert src.local is not None
+            fd = src.local.open()
             try:
-                hashed = known = hash_fd(fd, self.blobs.block_size, self._hashed)
+                size = os.fstat(fd).st_size
+                if size <= PACK_FILE:
+                    data = os.pread(fd, size + 1, 0)
+                    digest = FileDigest(hash_bytes(data), len(data))
+                    self._hashed(len(data))
+                    if len(data) > self.blobs.block_size:  # a small file in a store of small blocks
+                        digest = hash_fd(fd, self.blobs.block_size)
+                else:
+                    data = None
+                    digest = hash_fd(fd, self.blobs.block_size, self._hashed)
             finally:
                 os.close(fd)
-        entry = Entry(
-            path, "file", known.size, normal_mode(st.st_mode), known.hash, known.blocks, st.st_mtime_ns
-        )
-        if old is not None and old.kind == "file" and old.hash == entry.hash:
-            return (
-                self._place(replace(entry, blocks=old.blocks, pack=old.pack, offset=old.offset)),
-                hashed,
-                True,
-            )
-        placed = self._where(entry)
-        if placed is not None:
-            return placed, hashed, True
-        if self.packer is not None and entry.size <= PACK_FILE:
-            return entry, hashed, False
+            if self.packer is None or digest.size > PACK_FILE:
+                entry = Entry(src.path, "file", digest.size, hash=digest.hash, blocks=digest.blocks)
+                self._store(src.local, entry, data)
+            out.append(digest)
+        return out
+
+    def _store(self, local: LocalFile, entry: Entry, data: bytes | None = None) -> None:
+        """Make sure the store has this content as a blob (uploading it from `data`, if given,
+        or the file, checked against its hash either way)."""
+        with self._lock:
+            if entry.hash in self._stored:
+                return
         if not self.blobs.has(entry.hash):
             extend(self.uploading, entry.size)
-            self.blobs.upload(
-                local, FileDigest(entry.hash, entry.size, tuple(entry.blocks)), self.uploading.update
-            )
-        return self._place(entry), hashed, True
+            if data is not None and hash_bytes(data) == entry.hash:
+                self.blobs.upload_bytes(data, entry.hash)
+                self.uploading.update(len(data))
+            else:
+                digest = FileDigest(entry.hash, entry.size, tuple(entry.blocks))
+                self.blobs.upload(local, digest, self.uploading.update)
+        with self._lock:
+            self._stored.add(entry.hash)
 
     def _hashed(self, n: int) -> None:
         self.hashing.update(n)
@@ -312,11 +376,9 @@ class TreeWriter:
         """`entry` where this push has put the same content already, or None."""
         with self._lock:
             placed = self._placed.get(entry.hash)
-        return (
-            None
-            if placed is None
-            else replace(entry, blocks=placed.blocks, pack=placed.pack, offset=placed.offset)
-        )
+        if placed is None:
+            return None
+        return replace(entry, blocks=placed.blocks, pack=placed.pack, offset=placed.offset)
 
     def _pack(self, entry: Entry, local: LocalFile) -> Entry:
         assert self.packer is not None
@@ -339,7 +401,7 @@ class TreeWriter:
         if src.kind == "link":
             return Entry(src.path, "link", target=src.target)
         if src.kind == "dir":
-            return self._write_dir(src.path, [])
+            return self._write_dir(src.path, [], [])
         assert src.local is not None
         try:
             fd = src.local.open()
@@ -347,14 +409,23 @@ class TreeWriter:
             os.close(fd)
         except FileNotFoundError:
             raise SourceNotFoundError(f"{src.local}: no such file") from None
-        old = self.parent.lookup(src.path) if self.parent is not None else None
+        local = src.local
+        src = replace(src, stat=st)
         known = self.records.known([st]).get((st.st_dev, st.st_ino))
         if known is None:
             extend(self.hashing, st.st_size)
-        entry, digest, placed = self._file(src.local, st, src.path, old, known)
-        if digest is not None:
-            self.records.record([(st, digest)])
-        return entry if placed else self._pack(entry, src.local)
+            known = self._hash_batch([src])[0]
+            self.records.record([(st, known)])
+        e = Entry(
+            src.path, "file", known.size, normal_mode(st.st_mode), known.hash, known.blocks, st.st_mtime_ns
+        )
+        old = self.parent.lookup(src.path) if self.parent is not None else None
+        if old is not None and old.kind == "file" and old.hash == e.hash:
+            return self._place(replace(e, blocks=old.blocks, pack=old.pack, offset=old.offset))
+        if self.packer is not None and e.size <= PACK_FILE:
+            return self._pack(e, local)
+        self._store(local, e)
+        return self._place(e)
 
     def _assemble(self, items: list[Entry]) -> Entry:
         """The root holding every part at its path: parts at the root merge their contents,
@@ -372,8 +443,8 @@ class TreeWriter:
         for path in sorted(below, key=lambda p: p.count("/") + bool(p), reverse=True):
             if path:
                 parent_path = path.rpartition("/")[0]
-                below.setdefault(parent_path, []).append(self._write_dir(path, self._merged(below[path])))
-        return self._write_dir("", self._merged(below[""]))
+                below.setdefault(parent_path, []).append(self._write_dir(path, self._merged(below[path]), []))
+        return self._write_dir("", self._merged(below[""]), [])
 
     def _merged(self, children: list[Entry]) -> list[Entry]:
         by_name: dict[str, Entry] = {}
@@ -383,7 +454,7 @@ class TreeWriter:
                 by_name[e.name] = e
             elif other.kind == e.kind == "dir":
                 by_name[e.name] = self._write_dir(
-                    e.path, self._merged(self._children(other) + self._children(e))
+                    e.path, self._merged(self._children(other) + self._children(e)), []
                 )
             else:
                 raise InvalidPathError(f"two entries for {e.path!r}: it was added twice")
@@ -391,6 +462,10 @@ class TreeWriter:
 
     def _children(self, d: Entry) -> list[Entry]:
         return Tree(self.blobs, d, self.blobs.block_size).directory(d).children()
+
+
+def _name(src: Source) -> str:
+    return src.path.rpartition("/")[2]
 
 
 def commit(

@@ -79,27 +79,31 @@ class StatCache:
     def known(self, stats: Iterable[os.stat_result]) -> dict[tuple[int, int], FileDigest]:
         """The recorded content of each of these files that can be trusted, by (dev, ino)."""
         wanted = {(st.st_dev, st.st_ino): st for st in stats}
+        by_dev: dict[int, list[int]] = {}
+        for dev, ino in wanted:
+            by_dev.setdefault(dev, []).append(ino)
         out: dict[tuple[int, int], FileDigest] = {}
-        keys = list(wanted)
-        for i in range(0, len(keys), _BATCH):
-            for dev, ino, size, mtime, ctime, recorded, h, blocks in self._rows(keys[i : i + _BATCH]):
-                st = wanted.get((dev, ino))
-                if (
-                    st is not None
-                    and (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (size, mtime, ctime)
-                    and ctime + RACY_NS <= recorded
-                ):
-                    out[dev, ino] = FileDigest(h, size, _split(blocks))
+        for dev, inodes in by_dev.items():
+            for i in range(0, len(inodes), _BATCH):
+                for ino, size, mtime, ctime, recorded, h, blocks in self._rows(dev, inodes[i : i + _BATCH]):
+                    st = wanted[dev, ino]
+                    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+                        size,
+                        mtime,
+                        ctime,
+                    ) and ctime + RACY_NS <= recorded:
+                        out[dev, ino] = FileDigest(h, size, _split(blocks))
         return out
 
-    def _rows(self, keys: list[tuple[int, int]]) -> list[tuple[int, int, int, int, int, int, str, bytes]]:
-        if self._db is None or not keys:
+    def _rows(self, dev: int, inodes: list[int]) -> list[tuple[int, int, int, int, int, str, bytes]]:
+        if self._db is None or not inodes:
             return []
-        where = " or ".join(["(dev = ? and ino = ?)"] * len(keys))
-        args = [n for key in keys for n in key]
+        marks = ",".join("?" * len(inodes))
         with self._lock, _quiet():
-            columns = "dev, ino, size, mtime_ns, ctime_ns, recorded_ns, hash, blocks"
-            return self._db.execute(f"select {columns} from files where {where}", args).fetchall()
+            columns = "ino, size, mtime_ns, ctime_ns, recorded_ns, hash, blocks"
+            return self._db.execute(
+                f"select {columns} from files where dev = ? and ino in ({marks})", [dev, *inodes]
+            ).fetchall()
         return []
 
     def record(self, files: Iterable[tuple[os.stat_result, FileDigest]]) -> None:

@@ -720,8 +720,9 @@ def test_an_unchanged_push_applies_description_metadata_and_aliases(
 def test_temp_files_a_killed_push_left_are_swept_after_a_day(store: artfs.Store, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {"a": "1"})
     push_dir(store, "ds", src)
-    tmp = Path(store.url.removeprefix("file://")) / ".tmp"
-    old, young = tmp / "blob.dead.tmp", tmp / "blob.live.tmp"
+    tmp = Path(store.url.removeprefix("file://")) / ".tmp" / "ab"
+    tmp.mkdir(parents=True, exist_ok=True)
+    old, young = tmp / "ab01.dead.tmp", tmp / "ab02.live.tmp"
     for f in (old, young):
         f.write_bytes(b"x" * 1000)
     os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)

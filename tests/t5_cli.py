@@ -201,7 +201,7 @@ def test_push_killed_mid_upload_leaves_no_version(store_url: str, tmp_path: Path
     store_root = Path(store_url.removeprefix("file://"))
     proc = subprocess.Popen([*ARTFS, "--store", store_url, "push", "ds", str(src)])
     deadline = time.monotonic() + 60
-    while not any(store_root.glob(".tmp/*.tmp")):  # the upload has begun
+    while not any(store_root.glob(".tmp/*/*.tmp")):  # the upload has begun
         assert proc.poll() is None and time.monotonic() < deadline, "push ended before it could be killed"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -315,7 +315,7 @@ def test_ctrl_c_stops_a_push_at_once_leaving_no_temp_files_and_no_version(
         [*ARTFS, "--store", store_url, "push", "ds", str(src)], stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 60
-    while not any(store_root.glob(".tmp/*.tmp")):  # the upload has begun
+    while not any(store_root.glob(".tmp/*/*.tmp")):  # the upload has begun
         assert proc.poll() is None and time.monotonic() < deadline, "push ended before it could be stopped"
         time.sleep(0.002)
     proc.send_signal(signal.SIGINT)

@@ -5,8 +5,8 @@ linked (put-if-absent: `link` fails on an existing name) or renamed (replace) in
 directory is fsynced. Compare-and-swap holds an exclusive `flock` on the key's directory while
 it compares and renames, so it is atomic across processes. Etags are content hashes, so a
 compare-and-swap succeeds exactly when the value is the one the caller read.
-Temp files live in `.tmp/` at the root (hidden, never listed, on the same filesystem as every
-key, so a rename publishes them); what a crash or a kill leaves there is garbage, removed by the
+Temp files live in `.tmp/ab/` at the root (hidden, never listed, on the same filesystem as
+every key, so a rename publishes them); what a crash or a kill leaves there is garbage, removed by the
 first batch (push) once a day old.
 
 Within `batch()`, blobs skip the per-file fsyncs (≈0.23 ms each here; 10,000 small files paid
@@ -83,6 +83,9 @@ class LocalBackend(Backend):
         self.root = Path(root).absolute()
         self.url = f"file://{self.root}"
         self._tmp = self.root / ".tmp"
+        self._token = secrets.token_hex(6)  # this process's temp files: `<key>.<token>-<n>.tmp`
+        self._written = 0
+        self._dirs: set[Path] = set()  # made already
         self._batch: list[tuple[Path, Path]] | None = None
         self._batch_lock = threading.Lock()
 
@@ -118,22 +121,38 @@ class LocalBackend(Backend):
     def _write_tmp(
         self, path: Path, chunks: Iterator[bytes | memoryview], durable: bool = True
     ) -> tuple[Path, str]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(exist_ok=True)
-        tmp = self._tmp / f"{path.name}.{secrets.token_hex(6)}.tmp"
+        sub = self._tmp / path.name[:2]
+        self._make_dir(path.parent)
+        self._make_dir(sub)
+        with self._batch_lock:
+            self._written += 1
+            # spread over 256 directories, as blobs are: one directory taking every create of
+            # a push serialises its writers on that directory's lock
+            tmp = sub / f"{path.name}.{self._token}-{self._written}.tmp"
         hasher = xxhash.xxh3_64()
+        # os calls, not a buffered file: a push writes a million small blobs through here
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            with open(tmp, "xb") as f:
+            try:
                 for chunk in chunks:
-                    f.write(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
                     hasher.update(chunk)
-                f.flush()
                 if durable:
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return tmp, hasher.hexdigest()
+
+    def _make_dir(self, path: Path) -> None:
+        """mkdir -p, once per directory per backend (a million blobs share 256 of them)."""
+        if path not in self._dirs:
+            path.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path)
 
     def _commit(self, key: str, path: Path, tmp: Path, if_absent: bool, if_match: str | None) -> None:
         try:
@@ -202,20 +221,19 @@ class LocalBackend(Backend):
             if pending:
                 with self._errors("blobs/"):
                     _syncfs(self.root)
-                    for tmp, path in pending:
-                        with contextlib.suppress(FileExistsError):  # write-once: same bytes
-                            os.link(tmp, path)
+                    for tmp, path in pending:  # a rename over the same bytes is harmless
+                        os.replace(tmp, path)
                     _syncfs(self.root)
         finally:
             self._batch = None
             for tmp, _ in pending:
-                tmp.unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)  # left only when the batch failed
 
     def _sweep(self) -> None:
         """Remove temp files a killed writer left, once they are STALE_TMP old (a live writer's
         are younger)."""
         try:
-            entries = list(os.scandir(self._tmp))
+            entries = [e for d in os.scandir(self._tmp) if d.is_dir() for e in os.scandir(d.path)]
         except FileNotFoundError:
             return
         cutoff = time.time() - STALE_TMP
