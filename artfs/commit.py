@@ -313,11 +313,19 @@ class TreeWriter:
         objects = encode_dir(children)
         old = frame.old if frame is not None else None
         if old is None or old.kind != "dir" or objects.key != old.tree:
-            # Not the parent version's directory: the store must have everything it names.
-            for local, e in blobs:
-                old_file = self._old_children(frame).get(e.name) if frame is not None else None
-                if not (old_file is not None and old_file.hash == e.hash) and e.hash not in self._stored:
-                    self._store(local, e)
+            # Not the parent version's directory: the store must have everything it names (the
+            # files hashed now were stored by `_hash_batch`; ones the stat cache knew were not)
+            old_files = self._old_children(frame) if frame is not None else {}
+            unsure = [
+                (local, e)
+                for local, e in blobs
+                if e.hash not in self._stored and getattr(old_files.get(e.name), "hash", "") != e.hash
+            ]
+            checks = [
+                self.pool.submit(self._store_all, unsure[i : i + BATCH]) for i in range(0, len(unsure), BATCH)
+            ]
+            for check in checks:
+                check.result()
             self.blobs.put_objects(chunks)
             self.written += self.blobs.put_objects(objects.objects)
         files = sum(c.files if c.kind == "dir" else c.kind == "file" for c in children)
@@ -367,6 +375,10 @@ class TreeWriter:
                 self.blobs.upload(local, digest, self.uploading.update)
         with self._lock:
             self._stored.add(entry.hash)
+
+    def _store_all(self, files: list[tuple[LocalFile, Entry]]) -> None:
+        for local, e in files:
+            self._store(local, e)
 
     def _hashed(self, n: int) -> None:
         self.hashing.update(n)
