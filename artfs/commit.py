@@ -27,12 +27,13 @@ import os
 import secrets
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import keys
 from ._version import __version__
@@ -58,12 +59,14 @@ from .tree import Tree, version_tree
 from .workers import Pool, checkpoint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ON_CONFLICT = ("new", "skip", "error", "replace")
 WORKERS = min(8, (os.cpu_count() or 2) * 2)
 PACK_FILE = 256 * 1024  # files up to this size go into packs (on a remote store)
 PACK_BYTES = 8 * 1024 * 1024  # about this much per pack
 BATCH = 64  # small files hashed per task
+RECENT = 100_000  # contents a push remembers the place of (see TreeWriter)
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,11 @@ class TreeWriter:
         self.uploading = uploading
         self.packer = Packer(blobs, pool, uploading) if blobs.packs else None
         self.written = 0  # tree objects written (not there already)
-        self._placed: dict[str, Entry] = {}  # content hash → where this push put it
-        self._stored: set[str] = set()  # contents this push knows the store has
+        # Within a push, the same content found again is placed where it went the first time, and
+        # not asked about again: remembered for the last RECENT contents (a million files' worth
+        # would cost more memory than a duplicate costs bytes).
+        self._placed: _Recent[Entry] = _Recent(RECENT)  # content hash → where it went (packs, chunks)
+        self._stored: _Recent[bool] = _Recent(RECENT)  # contents the store has
         self._lock = threading.Lock()
 
     def write(self, parts: Iterable[Part]) -> Entry:
@@ -319,7 +325,7 @@ class TreeWriter:
             unsure = [
                 (local, e)
                 for local, e in blobs
-                if e.hash not in self._stored and getattr(old_files.get(e.name), "hash", "") != e.hash
+                if self._stored.get(e.hash) is None and getattr(old_files.get(e.name), "hash", "") != e.hash
             ]
             checks = [
                 self.pool.submit(self._store_all, unsure[i : i + BATCH]) for i in range(0, len(unsure), BATCH)
@@ -363,7 +369,7 @@ class TreeWriter:
         """Make sure the store has this content as a blob (uploading it from `data`, if given,
         or the file, checked against its hash either way)."""
         with self._lock:
-            if entry.hash in self._stored:
+            if self._stored.get(entry.hash):
                 return
         if not self.blobs.has(entry.hash):
             extend(self.uploading, entry.size)
@@ -374,7 +380,7 @@ class TreeWriter:
                 digest = FileDigest(entry.hash, entry.size, tuple(entry.blocks))
                 self.blobs.upload(local, digest, self.uploading.update)
         with self._lock:
-            self._stored.add(entry.hash)
+            self._stored.put(entry.hash, True)
 
     def _store_all(self, files: list[tuple[LocalFile, Entry]]) -> None:
         for local, e in files:
@@ -404,8 +410,9 @@ class TreeWriter:
             entry = replace(
                 entry, blocks=BlockHashes(tuple(k for k, _ in chunks), len(entry.blocks), self.blobs)
             )
-        with self._lock:
-            self._placed.setdefault(entry.hash, entry)
+        if entry.pack or isinstance(entry.blocks, BlockHashes):  # a blob of its own: its place is its hash
+            with self._lock:
+                self._placed.put(entry.hash, entry)
         return entry
 
     # -- single files and putting parts together ---------------------------------------------
@@ -478,6 +485,23 @@ class TreeWriter:
 
 def _name(src: Source) -> str:
     return src.path.rpartition("/")[2]
+
+
+class _Recent(Generic[T]):
+    """A dict of at most `size` keys; the least recently put go first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        return self._items.get(key)
+
+    def put(self, key: str, value: T) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
 
 
 def commit(

@@ -372,13 +372,9 @@ class BlockReader:
             return
         todo = []
         for e in files:
-            if (
-                0 < e.size <= self.blobs.block_size
-                and (e.hash, 0) not in self._flights
-                and (e.hash, 0) not in self._ahead
-            ):
+            if 0 < e.size <= self.blobs.block_size:
                 with self._lease(e) as blob:
-                    if not blob.verified[0] and not blob.local(0):
+                    if self._missing(blob, [0]):
                         todo.append(e)
         for span in self.blobs.spans((e, 0) for e in todo):
             self.counters["pack_runs_fetched"] += len(span) > 1

@@ -11,8 +11,9 @@ first batch (push) once a day old.
 
 Within `batch()`, blobs skip the per-file fsyncs (≈0.23 ms each here; 10,000 small files paid
 more for fsync than for anything but creating the files): data goes to temp files, one syncfs
-makes it all durable, then the names are linked in and a second syncfs makes them durable. A name
-never appears before its data is safe. One batch per backend object at a time; a batch entered
+makes it all durable, then the names are linked in and a second syncfs makes them durable (in
+rounds of ROUND files, so a push of millions holds a bounded list). A name never appears before
+its data is safe. One batch per backend object at a time; a batch entered
 while another is open joins it.
 """
 
@@ -39,6 +40,7 @@ from .base import Backend, ObjectInfo, Payload
 
 CHUNK = 4 * 1024 * 1024
 STALE_TMP = 24 * 3600  # seconds
+ROUND = 50_000  # files a batch publishes at once
 log = logging.getLogger(__name__)
 
 
@@ -203,6 +205,9 @@ class LocalBackend(Backend):
                 with self._batch_lock:
                     assert self._batch is not None
                     self._batch.append((tmp, path))
+                    ready = self._batch[:] if len(self._batch) >= ROUND else []
+                    del self._batch[: len(ready)]
+                self._publish(ready)  # a round, so a million files' names are not held at once
             else:
                 self._commit(key, path, tmp, if_absent, None)
         return etag
@@ -218,16 +223,21 @@ class LocalBackend(Backend):
         try:
             yield
             self._batch = None
-            if pending:
-                with self._errors("blobs/"):
-                    _syncfs(self.root)
-                    for tmp, path in pending:  # a rename over the same bytes is harmless
-                        os.replace(tmp, path)
-                    _syncfs(self.root)
+            self._publish(pending)
         finally:
             self._batch = None
             for tmp, _ in pending:
                 tmp.unlink(missing_ok=True)  # left only when the batch failed
+
+    def _publish(self, written: list[tuple[Path, Path]]) -> None:
+        """Make these temp files durable, then give them their names (durably): a name never
+        appears before its data is safe. Two syncfs calls, whatever the number of files."""
+        if written:
+            with self._errors("blobs/"):
+                _syncfs(self.root)
+                for tmp, path in written:  # a rename over the same bytes is harmless
+                    os.replace(tmp, path)
+                _syncfs(self.root)
 
     def _sweep(self) -> None:
         """Remove temp files a killed writer left, once they are STALE_TMP old (a live writer's
