@@ -8,10 +8,11 @@ was opened: served without another look). cache.py keeps the disk tier; blobs.py
 store.
 
 What is fetched, beyond what a read needs:
-- a stream (a run of reads crossing two block boundaries) gets read-ahead whose window doubles
-  per read, at most one span (SPAN_BYTES) plus half of what the run has read: a run that reads R
-  bytes costs at most 1.5 R plus one span, so a parquet column, one tensor of a checkpoint or
-  one member of a zip stays a partial read;
+- a stream (a run of reads crossing STREAM_BLOCKS block boundaries) gets read-ahead whose
+  window doubles per read, up to WINDOW_BYTES, and never beyond half of what the run has read (and a block): a
+  run that reads R bytes costs at most 1.5 R plus a block, so a parquet column, one tensor of a
+  checkpoint or one member of a zip stays a partial read, while a long stream soon has four
+  spans (SPAN_BYTES) on their way;
 - a reader that keeps missing blocks outside any stream is random; the rest of the blob comes
   at once only when the blob is small (WHOLE_SMALL) or the reader has demanded half of it;
 - opening a small file fetches the next small files of its directory along (the view says
@@ -191,8 +192,9 @@ class BlockReader:
         """Verified bytes only. Blocks verified before are served inline; a block on local disk is
         verified inline; a block that must be fetched is, once however many readers wait, in a
         worker thread."""
-        self.counters["read_requests"] += 1
         blob = stream.blob
+        self.counters["read_requests"] += 1
+        self.counters["bytes_requested"] += max(0, min(size, blob.entry.size - offset))
         indices = blob.blocks_of(offset, size)
         await self._block_hashes(blob.entry, indices)
         if stream.ahead is not None and self.background is not None and size:
@@ -281,9 +283,8 @@ class BlockReader:
 
     # -- fetching ahead ----------------------------------------------------------------------
     def _read_ahead(self, stream: Stream, offset: int, size: int) -> None:
-        """Fetch the blocks the read-ahead window holds and nobody fetches yet, at most one span
-        plus half the run beyond the read (see the module docstring), ending on a span boundary
-        where that stays within it: GETs then fall on the store's part boundaries."""
+        """Fetch the blocks the read-ahead window holds and nobody fetches yet, as far as
+        ReadAhead.fetch_end says (see the module docstring); verify those on disk already."""
         assert self.background is not None and stream.ahead is not None
         blob = stream.blob
         bs, count = blob.block_size, len(blob.verified)
@@ -291,10 +292,7 @@ class BlockReader:
         window = stream.ahead.advise(offset // bs, last, count)
         span = SPAN_BYTES // bs
         if window:
-            cap = last + 1 + span + stream.ahead.run_blocks // 2
-            end = min(count, -(-window.stop // span) * span, cap)
-            if end % span and end // span * span > last + 1:
-                end = end // span * span
+            end = stream.ahead.fetch_end(window, count, span)
             self._fetch_blocks(blob, self._missing(blob, range(window.start, end)), "blocks_read_ahead")
         h = blob.entry.hash
         on_disk = [i for i in window if not blob.verified[i] and blob.local(i) and (h, i) not in self._ahead]
@@ -483,11 +481,13 @@ class FileReader(io.RawIOBase):
         indices = blob.blocks_of(self._pos, len(buf))
         if not indices:
             return 0
-        window = self._ahead.advise(indices[0], indices[-1], len(blob.verified))
+        count = len(blob.verified)
+        window = self._ahead.advise(indices[0], indices[-1], count)
+        end = self._ahead.fetch_end(window, count, SPAN_BYTES // blob.block_size) if window else 0
         loaded: dict[int, Buffer] = {}
         for i in indices:
             if not blob.verified[i]:
-                loaded[i] = self._block(i, range(i, max(window.stop, i + 1)))
+                loaded[i] = self._block(i, range(i, max(end, indices[-1] + 1)))
         data = blob.read(self._pos, len(buf), loaded)
         buf[: len(data)] = data
         self._pos += len(data)

@@ -163,12 +163,42 @@ def test_read_ahead_opens_only_for_streams_and_closes_on_a_seek() -> None:
     ra = ReadAhead(block_size=4, window_bytes=32)  # at most 8 blocks ahead
     assert list(ra.advise(50, 50, 100)) == []  # one read: a probe, nothing ahead
     assert list(ra.advise(50, 51, 100)) == []
-    assert list(ra.advise(51, 52, 100)) == [53]  # crossed two boundaries: a stream
-    assert list(ra.advise(52, 53, 100)) == [54, 55]
-    assert list(ra.advise(53, 54, 100)) == [55, 56, 57, 58]
-    assert len(ra.advise(54, 55, 100)) == 8 and len(ra.advise(55, 56, 100)) == 8  # the limit
+    assert list(ra.advise(51, 53, 100)) == []  # a parquet column chunk: read, not a stream yet
+    assert list(ra.advise(54, 54, 100)) == [55]  # crossed STREAM_BLOCKS boundaries: a stream
+    assert list(ra.advise(55, 55, 100)) == [56, 57]
+    assert list(ra.advise(56, 56, 100)) == [57, 58, 59, 60]
+    assert len(ra.advise(57, 57, 100)) == 8 and len(ra.advise(58, 58, 100)) == 8  # the limit
     assert list(ra.advise(10, 10, 100)) == []  # a seek closes the window
     assert list(ra.advise(97, 98, 100)) == [] and list(ra.advise(98, 99, 100)) == []  # never past the end
+
+
+@given(
+    start=st.integers(0, 200),
+    reads=st.lists(st.integers(1, 3), min_size=1, max_size=80),  # blocks per read, back to back
+    count=st.integers(1, 400),
+)
+def test_read_ahead_of_a_run_costs_at_most_half_the_run(start: int, reads: list[int], count: int) -> None:
+    from artfs.prefetch import ReadAhead
+
+    span = 8
+    ra = ReadAhead(block_size=1, window_bytes=32)
+    fetched: set[int] = set()
+    first = min(start, count - 1)
+    for n in reads:
+        last = min(first + n - 1, count - 1)
+        window = ra.advise(first, last, count)
+        fetched.update(range(first, last + 1))
+        end = ra.fetch_end(window, count, span) if window else last + 1
+        fetched.update(range(window.start, end) if window else ())
+        run = ra.run_blocks
+        beyond = len([i for i in fetched if i > last])
+        assert end <= count
+        assert beyond <= max(1, run // 2)  # at most 1.5 × what was read, and a block
+        if run >= 2 * span and end < count:  # a stream: GETs end on span boundaries
+            assert end % span == 0
+        if last == count - 1:
+            break
+        first = last + 1
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "AB" * 16, "ab" * 15, ""])
