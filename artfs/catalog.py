@@ -55,6 +55,7 @@ class VersionRecord:
     created_at: str = ""
     producer: dict[str, Any] = field(default_factory=dict)
     state: str = COMMITTED
+    base: int | None = None  # a staged version: the version it was staged on, when it was not the newest
 
     @property
     def label(self) -> str:

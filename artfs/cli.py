@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,12 +30,24 @@ from ._version import __version__
 from .api import Artifact, Store, Version
 from .cache import BlockCache, parse_size
 from .config import default_cache_dir
-from .daemon import MountOptions, check_mountpoint, foreground_argv, serve, start_detached, unmount
-from .errors import ArtfsError, InvalidInputError, NotFoundError
+from .daemon import (
+    MountOptions,
+    check_mountpoint,
+    control,
+    foreground_argv,
+    serve,
+    stage_at,
+    start_detached,
+    unmount,
+)
+from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError
 from .logs import redact
 from .logs import setup as setup_logging
 from .manifest import Difference
 from .names import LATEST, Ref
+from .staging.session import Session as StageSession
+from .staging.session import SessionInfo as StageInfo
+from .staging.tree import Change
 from .workers import Cancelled
 from .worktree import Changes
 
@@ -259,6 +272,16 @@ metadata_option = click.option(
     help="Metadata; VALUE is JSON when it parses (1, true, [1,2]), else text. Repeatable.",
 )
 
+description_option = click.option("-d", "--description", default="", help="Free text shown with the version.")
+alias_option = click.option(
+    "-a",
+    "--alias",
+    "aliases",
+    multiple=True,
+    metavar="ALIAS",
+    help="Alias to point at the new version (latest moves by itself). Repeatable.",
+)
+
 
 @main.command()
 @click.argument("name")
@@ -270,16 +293,9 @@ metadata_option = click.option(
     metavar="TYPE",
     help="dataset, model, result, … (default: the artifact's type, or dataset).",
 )
-@click.option("-d", "--description", default="", help="Free text shown with the version.")
+@description_option
 @metadata_option
-@click.option(
-    "-a",
-    "--alias",
-    "aliases",
-    multiple=True,
-    metavar="ALIAS",
-    help="Alias to point at the new version (latest moves by itself). Repeatable.",
-)
+@alias_option
 @click.option(
     "--on-conflict",
     type=click.Choice(["new", "skip", "error", "replace"]),
@@ -447,6 +463,7 @@ def show_version(v: Version, as_json: bool) -> None:
         ("size", f"{human_size(v.size)} in {plural(v.file_count, 'file')}"),
         ("created", f"{when(v.created_at)} by {v.producer.get('user', '?')}@{v.producer.get('host', '?')}"),
         ("description", v.description),
+        *([("staged on", f"v{base}")] if (base := v.to_dict().get("base")) is not None else []),
     ] + [(f"metadata.{k}", json.dumps(val)) for k, val in sorted(v.metadata.items())]:
         t.add_row(key, value)
     out.print(t)
@@ -869,9 +886,19 @@ def mount(
 
 @main.command()
 @click.argument("mountpoint", metavar="MNT", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the daemon to exit.")
-def umount(mountpoint: Path, timeout: float) -> None:
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a read-only mount's daemon to exit (a stage's commit is waited for).",
+)
+@json_option
+def umount(mountpoint: Path, timeout: float, as_json: bool) -> None:
     """Unmount MNT and wait until its daemon has exited.
+
+    A staging mount commits first: this blocks until the version is durable in the store and
+    prints NAME:vN (or "unchanged: NAME:vK"), with what the version could not carry. If the
+    commit fails, the staged work is kept: `artfs commit ID` finishes it later.
 
     Fails (exit 5) while a process has a file or directory open in the mount.
 
@@ -879,7 +906,268 @@ def umount(mountpoint: Path, timeout: float) -> None:
     Example:
       artfs umount ~/artifacts
     """
-    unmount(str(mountpoint), timeout)
+    session_id = unmount(str(mountpoint), timeout)
+    if session_id:
+        stage = StageSession.load(session_id)
+        report_commit(stage, as_json)
+        stage.remove()
+
+
+def report_commit(stage: StageSession, as_json: bool) -> None:
+    """What a stage's last commit made, or why it failed (then exit non-zero)."""
+    outcome, sid = stage.info.outcome, stage.info.id
+    if "error" in outcome or not outcome:
+        reason = outcome.get("error", "the daemon stopped before committing")
+        fail(f"{stage.info.name}: the commit failed: {reason}. The staged work is kept: `artfs "
+             f"commit {sid}` finishes it, `artfs stage --resume {sid} MNT` mounts it again", 3)  # fmt: skip
+    if as_json:
+        return emit_json({"session": sid, **outcome})
+    version = outcome.get("version")
+    if version is None:
+        click.echo(f"nothing staged: {stage.info.name} has no version")
+    else:
+        click.echo(version if outcome.get("created") else f"unchanged: {version}")
+    for alias in outcome.get("aliases_moved", []):
+        click.echo(f"artfs: alias {alias} now names {version}", err=True)
+    for note in outcome.get("notes", []):
+        click.echo(f"artfs: {note}", err=True)
+    return None
+
+
+# -- staging -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("ref", metavar="NAME[:BASE]", required=False)
+@click.argument("mountpoint", metavar="MNT", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--list", "list_", is_flag=True, help="List staging sessions and their state.")
+@click.option("--resume", metavar="ID", help="Mount a stopped session again (after a crash or reboot).")
+@click.option("-t", "--type", "type_", metavar="TYPE", help="Type of a new artifact (default: dataset).")
+@description_option
+@metadata_option
+@alias_option
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["new", "error"]),
+    default="new",
+    show_default=True,
+    help="When someone committed NAME after BASE: new = commit the next version all the same "
+    "(recording its base, with a warning); error = refuse and keep the staged work.",
+)
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (systemd, debugging).")
+@click.option("--cache-size", type=SizeParam(), envvar="ARTFS_CACHE_SIZE", help="As for `artfs mount`.")
+@cache_dir_option
+@click.option(
+    "--allow-other", is_flag=True, help="Let other users use the stage, with the kernel checking permissions."
+)
+@json_option
+@click.pass_context
+def stage(
+    ctx: click.Context,
+    ref: str | None,
+    mountpoint: Path | None,
+    list_: bool,
+    resume: str | None,
+    type_: str | None,
+    description: str,
+    metadata: tuple[str, ...],
+    aliases: tuple[str, ...],
+    on_conflict: str,
+    foreground: bool,
+    cache_size: int | None,
+    cache_dir: Path,
+    allow_other: bool,
+    as_json: bool,
+) -> None:
+    """Mount a writable copy of NAME:BASE at MNT; unmounting commits it as the next version.
+
+    BASE is a version or alias (default: latest); a NAME with no versions starts empty and
+    becomes v0. Nothing is downloaded up front: unchanged files are read lazily, through the
+    same cache as `artfs mount`. Edit with any tool; `artfs status MNT` shows what changed,
+    `artfs commit MNT` commits without unmounting, `artfs umount MNT` commits and unmounts
+    (printing NAME:vN, or "unchanged: NAME:vK" when nothing changed: no version is made).
+
+    Nothing written is lost: a session outlives its daemon. After a crash, `artfs stage --list`
+    shows it, `--resume ID MNT` mounts it again, `artfs commit ID` commits it and `artfs abort
+    ID` drops it. A version holds files, directories and relative links: hard links become
+    files of their own, owners and set-id bits are not kept, links that leave the tree are left
+    out — the commit says which.
+
+    \b
+    Examples:
+      artfs stage bike-dataset ~/stage && cp new/*.csv ~/stage/ && artfs umount ~/stage
+      artfs stage model:best ~/edit -a candidate -m note=pruned
+      artfs stage --list
+    """
+    if list_:
+        if ref or mountpoint or resume:
+            raise click.UsageError("--list takes no arguments")
+        return list_stages(as_json)
+    if resume:
+        if ref is None or mountpoint is not None:
+            raise click.UsageError("usage: artfs stage --resume ID MNT")
+        staged, mountpoint = StageSession.load(resume), Path(ref)
+        store_url = staged.info.store
+    else:
+        if ref is None or mountpoint is None:
+            raise click.UsageError("usage: artfs stage NAME[:BASE] MNT (or --list, or --resume ID MNT)")
+        staged = new_stage(
+            store_of(ctx), ref, type_, description, parse_metadata(metadata), aliases, on_conflict
+        )
+        store_url = staged.info.store
+    options = MountOptions(store_url, str(mountpoint.absolute()), str(cache_dir), cache_size,
+                           allow_other=allow_other, session=staged.info.id)  # fmt: skip
+    if foreground:
+        ctx.ensure_object(Session).close()
+        serve(options)
+        return None
+    try:
+        check_mountpoint(options.mountpoint)
+        log_file = start_detached(
+            foreground_argv(options, ctx.ensure_object(Session).verbose), options.mountpoint
+        )
+    except BaseException:
+        if not resume:
+            staged.remove()  # nothing was staged in it yet
+        raise
+    base = (
+        f"{staged.info.name}:v{staged.info.base}"
+        if staged.info.base is not None
+        else f"{staged.info.name} (new)"
+    )
+    if as_json:
+        return emit_json({"session": staged.info.id, "base": base, "mountpoint": options.mountpoint})
+    click.echo(f"staging {base} on {options.mountpoint} (session {staged.info.id}; log: {log_file})")
+    return None
+
+
+def new_stage(
+    store: Store,
+    ref: str,
+    type_: str | None,
+    description: str,
+    metadata: dict[str, Any],
+    aliases: Sequence[str],
+    on_conflict: str,
+) -> StageSession:
+    parsed = Ref.parse(ref)
+    catalog = store.catalog
+    new = ":" not in ref and catalog.latest(parsed.name) is None  # starts empty, becomes v0
+    base = None if new else catalog.resolve(parsed).number
+    info = StageInfo(
+        "", store.url, parsed.name, base, type_, description, metadata, list(aliases), on_conflict
+    )
+    return StageSession.create(info)
+
+
+def list_stages(as_json: bool) -> None:
+    sessions = StageSession.all()
+    if as_json:
+        return emit_json([{**asdict(s.info), "state": s.state()} for s in sessions])
+    if not sessions:
+        click.echo("no staging sessions")
+        return None
+    t = table("ID", "STATE", "BASE", "MOUNTED ON", "STARTED")
+    for s in sessions:
+        i = s.info
+        base = f"{i.name}:v{i.base}" if i.base is not None else f"{i.name} (new)"
+        t.add_row(i.id, s.state(), base, i.mountpoint if s.state() == "mounted" else "", when(i.created_at))
+    out.print(t)
+    return None
+
+
+def stage_arg(target: str) -> tuple[StageSession, str | None]:
+    """A session named by its mount point (mounted: also returned) or its ID."""
+    if os.path.isdir(target):
+        sid = stage_at(target)
+        if sid is None:
+            raise NotFoundError(f"{os.path.abspath(target)} is not a staging mount")
+        return StageSession.load(sid), os.path.abspath(target)
+    return StageSession.load(target), None
+
+
+@main.command()
+@click.argument("target", metavar="MNT|ID")
+@json_option
+def status(target: str, as_json: bool) -> None:
+    """Changes staged in a session, as `git status --short` shows them.
+
+    \b
+      A path      added            D path      deleted
+      M path      modified         R old -> new  renamed
+    Directories end in /. A file written counts as modified even if its bytes came back the
+    same (the commit hashes it; an unchanged tree makes no version).
+
+    \b
+    Example:
+      artfs status ~/stage
+    """
+    staged, mounted = stage_arg(target)
+    if mounted is not None:
+        control(mounted, "status")
+        changes = staged.read_status()
+    else:
+        changes = stopped_status(staged)
+    if as_json:
+        return emit_json([asdict(c) for c in changes])
+    for c in changes:
+        click.echo(f"{c.code} {c.old} -> {c.path}" if c.code == "R" else f"{c.code} {c.path}")
+    return None
+
+
+def stopped_status(staged: StageSession) -> list[Change]:
+    with Store(staged.info.store) as store:
+        return staged.overlay(store.catalog, store.blobs, attach=False).status()
+
+
+@main.command()
+@click.argument("target", metavar="MNT|ID")
+@json_option
+def commit(target: str, as_json: bool) -> None:
+    """Commit a staging session as the next version: a mounted one (MNT) goes on staging on top
+    of it; a stopped one (ID, after a crash) is done once committed.
+
+    Prints NAME:vN, or "unchanged: NAME:vK" when nothing changed (no version is made). A commit
+    interrupted in any phase is finished by running it again, and makes one version.
+
+    \b
+    Examples:
+      artfs commit ~/stage
+      artfs commit bike-dataset-1f2e3d4c
+    """
+    staged, mounted = stage_arg(target)
+    if mounted is not None:
+        control(mounted, "commit")
+        return report_commit(StageSession.load(staged.info.id), as_json)
+    if staged.state() == "mounted":
+        raise ConflictError(f"session {staged.info.id} is mounted at {staged.info.mountpoint}: commit that")
+    with Store(staged.info.store) as store:
+        overlay = staged.overlay(store.catalog, store.blobs)
+        try:
+            done = staged.commit(overlay, store.catalog, store.blobs, progress_bar)
+        finally:
+            overlay.close()
+    staged.info.outcome = done.outcome()
+    report_commit(staged, as_json)
+    staged.remove()
+    return None
+
+
+@main.command()
+@click.argument("target", metavar="MNT|ID")
+def abort(target: str) -> None:
+    """Drop a staging session and everything staged in it (a mounted one is unmounted first).
+
+    \b
+    Example:
+      artfs abort ~/stage
+    """
+    staged, mounted = stage_arg(target)
+    if mounted is not None:
+        control(mounted, "abort")
+        unmount(mounted)
+    elif staged.state() == "mounted":
+        raise ConflictError(f"session {staged.info.id} is mounted at {staged.info.mountpoint}: abort that")
+    staged.remove()
+    click.echo(f"dropped {staged.info.id}")
 
 
 @main.group()

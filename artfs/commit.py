@@ -208,9 +208,13 @@ class TreeWriter:
             else:
                 items.append(self._single(part))
         root = self._assemble(items)
+        self.close()
+        return root
+
+    def close(self) -> None:
+        """Seal the open pack and wait for the uploads of packs."""
         if self.packer is not None:
             self.packer.close()
-        return root
 
     # -- a directory tree, post-order ----------------------------------------------------------
     def _walk(self, part: DirSource) -> Entry:
@@ -285,8 +289,27 @@ class TreeWriter:
             e = Entry(join_path(frame.path, _name(src)), "file", digest.size, normal_mode(src.stat.st_mode),
                       digest.hash, digest.blocks, src.stat.st_mtime_ns)  # fmt: skip
             files.append((src.local, e))
+        return self._finish(frame, frame.children, files)
+
+    def write_dir(
+        self, path: str, old: Entry | None, children: list[Entry], files: list[tuple[LocalFile, Entry]]
+    ) -> Entry:
+        """Write a directory at `path` (the parent version had `old` there) of `children`, entries
+        as they are, and `files`, local contents hashed (`hash_files`) whose entries say no place."""
+        return self._finish(_Frame(path, old, []), children, files)
+
+    def hash_files(self, sources: list[Source]) -> list[FileDigest]:
+        """Hash local files on the pool (storing, as a push does, what the store lacks)."""
+        for src in sources:
+            extend(self.hashing, src.local.size() if src.local is not None else 0)
+        batches = [sources[i : i + BATCH] for i in range(0, len(sources), BATCH)]
+        futures = [self.pool.submit(self._hash_batch, batch) for batch in batches]
+        return [d for future in futures for d in future.result()]
+
+    def _finish(self, frame: _Frame, children: list[Entry], files: list[tuple[LocalFile, Entry]]) -> Entry:
+        """Place a directory's files (packs) and write it."""
         if self.packer is None:  # every content is a blob of its own: where is known at once
-            return self._write_dir(frame.path, frame.children, files, frame)
+            return self._write_dir(frame.path, children, files, frame)
         placed = []
         for local, e in files:
             old = self._old_children(frame).get(e.name)
@@ -296,7 +319,7 @@ class TreeWriter:
                 placed.append(self._pack(e, local))
             else:
                 placed.append(self._place(e))
-        return self._write_dir(frame.path, frame.children + placed, [], frame)
+        return self._write_dir(frame.path, children + placed, [], frame)
 
     def _write_dir(
         self,
@@ -577,28 +600,8 @@ def commit(
         latest = catalog.amend(name, latest.number, amend)
         return CommitResult(latest, created=False, aliases_moved=moved, amended=tuple(amended))
 
-    def record(number: int) -> VersionRecord:
-        return VersionRecord(
-            name=name,
-            number=number,
-            type=type or "dataset",
-            digest=root.digest,
-            tree=root.tree,
-            size=root.size,
-            files=root.files,
-            description=description,
-            metadata=dict(metadata or {}),
-            created_at=now(),
-            producer=producer(),
-        )
-
-    if not catalog.markers:  # a format-1 store gets its first format-2 version: see `upgrade`
-        catalog.mark_all_deleted()
-        StoreConfig.upgrade(catalog.backend)
-    rec = catalog.claim(name, record)
-    log.info("claimed %s", rec.label)
-    catalog.set_alias(name, LATEST, rec.number, forward_only=True)
-    moved = tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
+    rec, moved = _claim(catalog, name, root, aliases, type=type or "dataset", description=description,
+                        metadata=dict(metadata or {}))  # fmt: skip
     deleted = []
     for old in doomed:
         catalog.delete_version(old, delete_aliases=True)
@@ -606,3 +609,69 @@ def commit(
     return CommitResult(
         rec, created=True, aliases_moved=moved, deleted=tuple(deleted), written=writer.written
     )
+
+
+def _claim(
+    catalog: Catalog, name: str, root: Entry, aliases: Iterable[str], **fields: Any
+) -> tuple[VersionRecord, tuple[str, ...]]:
+    """Claim the next number for a version whose tree is `root`; move `latest` and `aliases`."""
+
+    def record(number: int) -> VersionRecord:
+        fields.setdefault("producer", producer())
+        return VersionRecord(name=name, number=number, digest=root.digest, tree=root.tree, size=root.size,
+                             files=root.files, created_at=now(), **fields)  # fmt: skip
+
+    if not catalog.markers:  # a format-1 store gets its first format-2 version: see `upgrade`
+        catalog.mark_all_deleted()
+        StoreConfig.upgrade(catalog.backend)
+    rec = catalog.claim(name, record)
+    log.info("claimed %s", rec.label)
+    catalog.set_alias(name, LATEST, rec.number, forward_only=True)
+    return rec, tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
+
+
+def publish(
+    catalog: Catalog,
+    name: str,
+    root: Entry,
+    *,
+    base: VersionRecord | None,
+    session: str,
+    type: str,
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    aliases: Iterable[str] = (),
+    on_conflict: str = "new",
+) -> CommitResult:
+    """Publish a staged tree as the next version of `name`, staged on `base` (None: a new
+    artifact) by `session`. Nothing changed → no version. Idempotent: a version this session
+    claimed already (a commit killed after its claim, finished again) is the answer, not a second
+    one. Someone committed after `base`: a new version all the same, recording its base
+    (`on_conflict` "error": refused, before anything is claimed)."""
+    aliases = [validate_alias(a) for a in aliases if a != LATEST]
+    latest = catalog.latest(name)
+    if latest is not None and (base is None or latest.number > base.number):
+        for number in reversed(catalog.numbers(name)):
+            if base is not None and number <= base.number:
+                break
+            rec = catalog.read(name, number)[0]
+            if rec.producer.get("session") == session:
+                catalog.set_alias(name, LATEST, rec.number, forward_only=True)
+                moved = tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
+                return CommitResult(rec, created=True, aliases_moved=moved)
+    if base is not None and root.digest == base.digest:
+        moved = tuple(a for a in aliases if catalog.set_alias(name, a, base.number))
+        return CommitResult(base, created=False, aliases_moved=moved)
+    moved_on = latest is not None and (base is None or latest.number > base.number)
+    if moved_on and on_conflict == "error":
+        assert latest is not None
+        since = f"{base.label} was staged" if base is not None else "this stage began"
+        raise ArtifactExistsError(f"{latest.label} was committed after {since}; the staged work is kept")
+    if moved_on:
+        assert latest is not None
+        log.warning("%s was committed after %s was staged; committing the next version all the same",
+                    latest.label, base.label if base is not None else f"{name} (new)")  # fmt: skip
+    rec, moved = _claim(catalog, name, root, aliases, type=type, description=description,
+                        metadata=dict(metadata or {}), base=base.number if base is not None else None,
+                        producer={**producer(), "session": session})  # fmt: skip
+    return CommitResult(rec, created=True, aliases_moved=moved)

@@ -23,9 +23,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError
-from .mounttable import is_artfs_mount, mounts
+from .mounttable import is_artfs_mount, mounts, running
+
+if TYPE_CHECKING:
+    from .blobs import BlobStore
+    from .cache import BlockCache
+    from .catalog import Catalog
+    from .reader import BlockReader
+    from .staging.fs import StagingView
+    from .staging.session import Session as Stage
+    from .staging.tree import Overlay
+    from .storage.aio import Threads
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,7 @@ class MountOptions:
     in_place: bool = True
     allow_other: bool = False
     threads: int = 16
+    session: str = ""  # a staging session (staging/session.py): a writable mount that commits on unmount
 
 
 def _fusermount_u(mountpoint: str) -> subprocess.CompletedProcess[str]:
@@ -103,17 +115,25 @@ def serve(options: MountOptions) -> None:
     from .cache import BlockCache
     from .catalog import Catalog
     from .config import StoreConfig
-    from .fuse_ops import Operations, invalidate
+    from .fuse_ops import Operations, WritableOperations, invalidate
+    from .namespace import View
     from .reader import BlockReader
+    from .staging.session import Session as Stage
     from .storage import open_backend
     from .storage.aio import Threads
     from .vfs import VersionsView
 
     mountpoint = os.path.abspath(options.mountpoint)
     check_mountpoint(mountpoint)
-    fuse_options = {"fsname=artfs", "subtype=artfs", "ro", "default_permissions", "noatime"}
+    fuse_options = {"fsname=artfs", "subtype=artfs", "default_permissions", "noatime"}
+    fuse_options.add("rw" if options.session else "ro")
     if options.allow_other:
         fuse_options.add("allow_other")
+    stage = Stage.load(options.session) if options.session else None
+    if stage is not None and stage.state() == "mounted":
+        raise ConflictError(
+            f"staging session {stage.info.id} is mounted at {stage.info.mountpoint} (pid {stage.info.pid})"
+        )
 
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -127,10 +147,16 @@ def serve(options: MountOptions) -> None:
             reader = BlockReader(blobs, cache, threads, nursery, options.in_place)
             info = {**asdict(options), "cache_size": cache.budget, "mountpoint": mountpoint}
             catalog = Catalog(backend, markers=config.format >= 2)
-            view = VersionsView(catalog, blobs, cache, reader, invalidate, info)
+            if stage is None:
+                view: View = VersionsView(catalog, blobs, cache, reader, invalidate, info)
+                operations = Operations(view)
+            else:
+                staged = await stage_view(stage, catalog, blobs, cache, reader, mountpoint)
+                stack.push_async_callback(finish_stage, stage, staged, catalog, blobs, threads)
+                view, operations = staged, WritableOperations(staged)
             stack.callback(view.close)
             tune_memory()
-            pyfuse3.init(Operations(view), mountpoint, fuse_options)
+            pyfuse3.init(operations, mountpoint, fuse_options)
             stack.callback(pyfuse3.close, unmount=True)  # a no-op when someone else unmounted
 
             async def on_signal() -> None:
@@ -158,6 +184,70 @@ def serve(options: MountOptions) -> None:
 
     trio.run(main)
     log.info("%s: unmounted", mountpoint)
+
+
+async def stage_view(
+    stage: Stage, catalog: Catalog, blobs: BlobStore, cache: BlockCache, reader: BlockReader, mountpoint: str
+) -> StagingView:
+    """The staging session's tree (its journal replayed), served with commits on request."""
+    from .staging.fs import StagingView
+
+    overlay = await reader.threads.run(stage.overlay, catalog, blobs)
+
+    async def commit() -> None:
+        async with view.paused():
+            await reader.threads.run(commit_stage, stage, view.overlay, catalog, blobs)
+
+    async def status() -> None:
+        async with view.paused():
+            changes = await reader.threads.run(view.overlay.status)
+            stage.write_status(changes)
+
+    async def abort() -> None:
+        view.aborted = True  # the unmount that follows drops the session instead of committing
+
+    info = {"session": stage.info.id, "name": stage.info.name, "base": stage.info.base}
+    controls = {"commit": commit, "status": status, "abort": abort}
+    view = StagingView(overlay, blobs, cache, reader, info, controls)
+    stage.info.pid, stage.info.mountpoint = os.getpid(), mountpoint
+    stage.save()
+    return view
+
+
+def commit_stage(stage: Stage, overlay: Overlay, catalog: Catalog, blobs: BlobStore) -> None:
+    """Commit a session, its outcome (or its error) written into the session for the command
+    that asked (`artfs umount`, `artfs commit`) to print."""
+    try:
+        done = stage.commit(overlay, catalog, blobs)
+    except Exception as e:
+        stage.info.outcome = {"error": str(e)}
+        stage.save()
+        raise
+    stage.info.outcome = done.outcome()
+    stage.save()
+
+
+async def finish_stage(
+    stage: Stage, view: StagingView, catalog: Catalog, blobs: BlobStore, threads: Threads
+) -> None:
+    """Unmounted: commit what is staged. Committed, the session's work is done (its record
+    stays for `artfs umount` to report); failed, everything is kept for `artfs commit ID`."""
+    stage.info.pid = 0
+    if view.aborted:
+        view.overlay.close()
+        stage.remove()
+        log.info("%s: aborted, nothing committed", stage.info.id)
+        return
+    try:
+        await threads.run(commit_stage, stage, view.overlay, catalog, blobs)
+    except ArtfsError as e:
+        log.error("%s: the commit failed, the staged work is kept (artfs commit %s): %s",
+                  stage.info.id, stage.info.id, e)  # fmt: skip
+        raise
+    finally:
+        view.overlay.close()
+    stage.finish()
+    log.info("%s: %s", stage.info.id, stage.info.outcome)
 
 
 def tune_memory() -> None:
@@ -238,52 +328,74 @@ def start_detached(argv: list[str], mountpoint: str, timeout: float = 60.0) -> P
 
 
 # -- stopping ----------------------------------------------------------------------------------
-def _daemon_pid(mountpoint: str, timeout: float = 5.0) -> int | None:
-    """The pid the daemon reports in `.artfs/mount.json`; None if it does not answer (dead, or
-    hung: a read is done in a helper thread so a hung daemon cannot hang us)."""
-    result: list[int] = []
+def _ask(mountpoint: str, timeout: float = 5.0) -> dict[str, str]:
+    """What a daemon says about itself: `pid`, and a stage's `session` (root xattrs), or a
+    read-only mount's `.artfs/mount.json`. Empty if it does not answer (dead, or hung: asked in
+    a helper thread so that a hung daemon cannot hang us)."""
+    result: dict[str, str] = {}
 
     def read() -> None:
+        with contextlib.suppress(OSError):
+            for key in ("pid", "session"):
+                result[key] = os.getxattr(mountpoint, f"user.artfs.{key}").decode()
+            return
         with contextlib.suppress(OSError, ValueError, KeyError):
-            result.append(int(json.loads(Path(mountpoint, ".artfs", "mount.json").read_bytes())["pid"]))
+            result["pid"] = str(json.loads(Path(mountpoint, ".artfs", "mount.json").read_bytes())["pid"])
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(timeout)
-    return result[0] if result else None
+    return dict(result)
 
 
-def _running(pid: int) -> bool:
+def stage_at(mountpoint: str) -> str | None:
+    """The staging session mounted at `mountpoint`, if one is."""
+    mountpoint = os.path.abspath(mountpoint)
+    return _ask(mountpoint).get("session") if is_artfs_mount(mountpoint) else None
+
+
+def control(mountpoint: str, what: str) -> None:
+    """Ask a running stage to `commit`, write its `status` or `abort`; returns when it is done
+    (a commit takes as long as its upload)."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"  # a zombie has exited; only its parent has not looked yet
+        os.setxattr(mountpoint, f"user.artfs.{what}", b"1")
+    except OSError as e:
+        raise ArtfsError(
+            f"{mountpoint}: the stage could not {what} ({os.strerror(e.errno or 0)}); see its log"
+        ) from None
 
 
-def unmount(mountpoint: str, timeout: float = 60.0) -> None:
-    """Unmount and wait for the daemon to exit. ConflictError while files are open."""
+def unmount(mountpoint: str, timeout: float | None = 60.0) -> str | None:
+    """Unmount and wait for the daemon to exit (a stage's for as long as its commit takes:
+    `timeout` None). ConflictError while files are open. The staging session, if it was one."""
     mountpoint = os.path.abspath(mountpoint)
     if not is_artfs_mount(mountpoint):
         raise NotFoundError(f"{mountpoint} is not an artfs mount")
-    pid = _daemon_pid(mountpoint)
+    about = _ask(mountpoint)
+    pid = int(about["pid"]) if "pid" in about else None
+    session = about.get("session")
+    if session:
+        timeout = None
     done = _fusermount_u(mountpoint)
     if done.returncode != 0:
         if "busy" in done.stderr:
             raise ConflictError(f"{mountpoint} is busy: a process has a file or directory open in it")
         raise ArtfsError(f"cannot unmount {mountpoint}: {done.stderr.strip()}")
-    deadline = time.monotonic() + timeout
-    while pid is not None and _running(pid):
-        if time.monotonic() > deadline:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while pid is not None and running(pid):
+        if deadline is not None and time.monotonic() > deadline:
             raise ArtfsError(f"{mountpoint} is unmounted but its daemon (pid {pid}) has not exited")
         time.sleep(0.02)
+    return session
 
 
 def foreground_argv(options: MountOptions, verbosity: int) -> list[str]:
     """The command line that runs the same mount in the foreground. `-P`: whatever the caller's
     directory holds (a folder named `artfs`, say the mount point) is never imported."""
     argv = [sys.executable, "-P", "-m", "artfs", *(["-" + "v" * verbosity] if verbosity else [])]
-    argv += ["--store", options.store_url, "mount", "--foreground", "--cache-dir", options.cache_dir]
+    argv += ["--store", options.store_url]
+    argv += ["stage", "--resume", options.session] if options.session else ["mount"]
+    argv += ["--foreground", "--cache-dir", options.cache_dir]
     if options.cache_size is not None:
         argv += ["--cache-size", str(options.cache_size)]
     if not options.in_place:

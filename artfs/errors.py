@@ -20,6 +20,7 @@
     ├── CorruptDataError            exit 6, EIO      bytes whose hash does not match their name
     ├── VerificationError           exit 1           a directory differs from a version (also a
     │                                                ValueError, as W&B's verify raises)
+    ├── FsError                     exit 3, its own  a staging tree refused an operation (ENOTEMPTY, …)
     └── StoreError                  exit 7, EIO
         ├── StoreFormatError        a store written by an incompatible artfs
         └── StoreUnavailableError   unreachable, 5xx, throttled, timed out: retried, then raised
@@ -31,6 +32,7 @@ Everything else raises domain errors, never bare OSError or ValueError across a 
 from __future__ import annotations
 
 import errno as _errno
+import os as _os
 from collections.abc import Sequence
 
 
@@ -120,6 +122,14 @@ class VerificationError(ArtfsError, ValueError):
         self.differences = list(differences)
 
     exit_code = 1
+
+
+class FsError(ArtfsError):
+    """A file system operation refused with the errno a local file system would answer."""
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        super().__init__(message or _os.strerror(errno))
+        self.errno = errno
 
 
 class StoreError(ArtfsError):

@@ -4,7 +4,9 @@ directory listings. Nothing else lives here.
 
 Writes never reach a read-only view: it is mounted with the `ro` option, so the kernel answers
 EROFS itself, with exactly the errno precedence of any read-only mount (EEXIST for `mkdir` on an
-existing name, ENOENT for opening a missing file, and so on). A name longer than NAME_MAX is
+existing name, ENOENT for opening a missing file, and so on). A writable view (the staging mount)
+is served by `WritableOperations`, mounted read-write with `default_permissions`: the kernel
+checks permissions, the view keeps the tree's rules. A name longer than NAME_MAX is
 ENAMETOOLONG here, before the view sees it, as Linux filesystems answer.
 """
 
@@ -20,9 +22,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from .errors import ArtfsError, NotFoundError, StoreError
+from .errors import ArtfsError, FsError, NotFoundError, StoreError
 from .names import MAX_NAME
-from .namespace import DIR, LINK, Attr, View
+from .namespace import DIR, LINK, Attr, Opened, View, WritableView
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except NotFoundError as e:
+        except (NotFoundError, FsError) as e:  # answers, not failures
             log.debug("%s: %s", handler.__name__, e)
             raise pyfuse3.FUSEError(e.errno) from None
         except StoreError as e:
@@ -54,6 +56,16 @@ def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _name(name: bytes) -> str:
+    if len(name) > MAX_NAME:  # before any other errno, as Linux filesystems answer
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    return os.fsdecode(name)
+
+
+def _info(opened: Opened) -> pyfuse3.FileInfo:
+    return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
 
 def invalidate(parent: int, name: str) -> None:
@@ -74,21 +86,21 @@ class Operations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.st_mode = KIND_BITS.get(a.kind, stat.S_IFREG) | a.perm
-        e.st_nlink = 1
-        e.st_uid = self._uid
-        e.st_gid = self._gid
+        e.st_nlink = a.nlink
+        e.st_uid = self._uid if a.uid < 0 else a.uid
+        e.st_gid = self._gid if a.gid < 0 else a.gid
         e.st_size = a.size
         e.st_blksize = 128 * 1024
         e.st_blocks = -(-a.size // 512)
-        e.st_atime_ns = e.st_ctime_ns = e.st_mtime_ns = a.mtime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns or a.mtime_ns
+        e.st_atime_ns = a.atime_ns or a.mtime_ns
         e.entry_timeout = e.attr_timeout = a.timeout
         return e
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        if len(name) > MAX_NAME:  # before any other errno, as Linux filesystems answer
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        attr = await self.view.lookup(parent_inode, os.fsdecode(name))
+        attr = await self.view.lookup(parent_inode, _name(name))
         if attr is not None:
             return self._attrs(attr)
         timeout = self.view.negative_timeout(parent_inode)
@@ -134,8 +146,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        opened = await self.view.open(inode)
-        return pyfuse3.FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+        return _info(await self.view.open(inode, flags))
 
     @_errors
     # pyfuse3's stub says bytes; its handler takes any contiguous buffer (PyObject_GetBuffer),
@@ -166,4 +177,125 @@ class Operations(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_namemax = MAX_NAME
+        return s
+
+
+class WritableOperations(Operations):
+    """The requests of a read-write mount, passed to a WritableView."""
+
+    def __init__(self, view: WritableView) -> None:
+        super().__init__(view)
+        self.wview = view
+
+    @staticmethod
+    def _mode(mode: int, ctx: Any) -> int:
+        return stat.S_IMODE(mode) & ~ctx.umask
+
+    @_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        opened, attr = await self.wview.create(
+            parent_inode, _name(name), self._mode(mode, ctx), flags, ctx.uid, ctx.gid
+        )
+        return _info(opened), self._attrs(attr)
+
+    @_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):  # a version holds files, directories and links only
+            raise pyfuse3.FUSEError(errno.EPERM)
+        opened, attr = await self.wview.create(
+            parent_inode, _name(name), self._mode(mode, ctx), os.O_WRONLY, ctx.uid, ctx.gid
+        )
+        self.wview.release(opened.fh)
+        return self._attrs(attr)
+
+    @_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._attrs(
+            await self.wview.mkdir(parent_inode, _name(name), self._mode(mode, ctx), ctx.uid, ctx.gid)
+        )
+
+    @_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        return self._attrs(
+            await self.wview.symlink(parent_inode, _name(name), os.fsdecode(target), ctx.uid, ctx.gid)
+        )
+
+    @_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        return self._attrs(await self.wview.link(inode, new_parent_inode, _name(new_name)))
+
+    @_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.wview.unlink(parent_inode, _name(name))
+
+    @_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.wview.rmdir(parent_inode, _name(name))
+
+    @_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        await self.wview.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+
+    @_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: Any,
+    ) -> pyfuse3.EntryAttributes:
+        return self._attrs(
+            await self.wview.setattr(
+                inode,
+                size=attr.st_size if fields.update_size else None,
+                mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            )
+        )
+
+    @_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.wview.write(fh, off, buf)
+
+    async def flush(self, fh: int) -> None:
+        pass  # writes reach the upper file as they come; fsync makes them durable
+
+    @_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.wview.fsync(fh, datasync)
+
+    @_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.wview.fsyncdir()
+
+    @_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        await self.wview.setxattr(inode, os.fsdecode(name), value)
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = await super().statfs(ctx)
+        local = os.statvfs(self.wview.upper_root())  # written contents land there
+        s.f_bsize, s.f_frsize = local.f_bsize, local.f_frsize
+        s.f_blocks, s.f_bfree, s.f_bavail = local.f_blocks, local.f_bfree, local.f_bavail
+        s.f_files, s.f_ffree, s.f_favail = local.f_files, local.f_ffree, local.f_favail
         return s

@@ -1,5 +1,6 @@
-"""The kernel's mount table (`/proc/self/mountinfo`): which directories are mounts, of what, on
-which device. artfs mounts are `fuse.artfs`; a push never reads through one."""
+"""What /proc says about mounts and daemons: which directories are mounts, of what, on which
+device (`/proc/self/mountinfo`; artfs mounts are `fuse.artfs`, and a push never reads through
+one), and whether a daemon's process still runs."""
 
 from __future__ import annotations
 
@@ -43,3 +44,11 @@ def artfs_devices() -> set[int]:
             major, minor = info.device.split(":")
             out.add(os.makedev(int(major), int(minor)))
     return out
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not looked yet

@@ -42,6 +42,11 @@ class Attr:
     size: int
     mtime_ns: int
     timeout: float  # how long the kernel may keep this (and the name that led to it)
+    uid: int = -1  # -1: the mounting user's (a read-only view owns nothing else)
+    gid: int = -1
+    nlink: int = 1
+    ctime_ns: int = 0  # 0: mtime_ns
+    atime_ns: int = 0  # 0: mtime_ns
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,8 @@ class View(Protocol):
 
     async def readlink(self, ino: int) -> str: ...
 
-    async def open(self, ino: int) -> Opened: ...
+    async def open(self, ino: int, flags: int = 0) -> Opened:
+        """`flags` as open(2) got them (O_WRONLY, O_TRUNC, …; a read-only view sees no writes)."""
 
     async def read(self, fh: int, offset: int, size: int) -> Buffer: ...
 
@@ -80,3 +86,48 @@ class View(Protocol):
     async def xattrs(self, ino: int) -> dict[str, bytes]: ...
 
     def close(self) -> None: ...
+
+
+class WritableView(View, Protocol):
+    """A view that can be changed (the staging mount): the requests of a read-write mount.
+    `uid`/`gid` are the caller's; `mode` is the permission bits asked for, umask applied."""
+
+    async def create(
+        self, parent: int, name: str, mode: int, flags: int, uid: int, gid: int
+    ) -> tuple[Opened, Attr]: ...
+
+    async def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Attr: ...
+
+    async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int) -> Attr: ...
+
+    async def link(self, ino: int, parent: int, name: str) -> Attr: ...
+
+    async def unlink(self, parent: int, name: str) -> None: ...
+
+    async def rmdir(self, parent: int, name: str) -> None: ...
+
+    async def rename(self, parent: int, name: str, new_parent: int, new_name: str, flags: int) -> None: ...
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+        atime_ns: int | None = None,
+    ) -> Attr: ...
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int: ...
+
+    async def fsync(self, fh: int, datasync: bool) -> None: ...
+
+    async def fsyncdir(self) -> None: ...
+
+    def upper_root(self) -> str:
+        """Where written contents go (what `statfs` reports on)."""
+
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        """The one control request a mount takes (the staging root's `user.artfs.commit`)."""

@@ -381,7 +381,7 @@ class VersionsView:
         self._handles[fh] = handle
         return fh
 
-    async def open(self, ino: int) -> Opened:
+    async def open(self, ino: int, flags: int = os.O_RDONLY) -> Opened:
         if self._is_meta_file(ino):
             data = await self._meta_snapshot(ino)
             return Opened(self._add_handle(_Handle(data=data)), keep_cache=False, direct_io=True)

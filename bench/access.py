@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.conftest import SeaweedFS
 
 MiB = 1 << 20
 
@@ -24,6 +29,22 @@ def workdir(args: argparse.Namespace) -> Iterator[Path]:
     """A fresh directory under `--dir`, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="artfs-bench-", dir=args.dir or "/var/tmp") as tmp:
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def seaweedfs(work: Path, key: str = "artfs") -> Iterator[SeaweedFS]:
+    """The S3 server the tests use, for one run, with boto3 and artfs pointed at it."""
+    from tests.conftest import SeaweedFS
+
+    os.environ.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=key, AWS_DEFAULT_REGION="us-east-1")
+    (work / "weed").mkdir()
+    server = SeaweedFS(work / "weed")
+    server.start()
+    try:
+        os.environ["S3_ENDPOINT_URL"] = server.endpoint
+        yield server
+    finally:
+        server.kill()
 
 
 def timed(fn: Callable[[], object]) -> float:

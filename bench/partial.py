@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import struct
 import subprocess
@@ -31,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from access import MiB, drop_caches, parser, workdir
+from access import MiB, drop_caches, parser, seaweedfs, workdir
 
-from tests.conftest import S3_BUCKET, SeaweedFS  # the servers the tests use
+from tests.conftest import S3_BUCKET  # the servers the tests use
 
 ARTFS = [sys.executable, "-m", "artfs"]
 SPAN = 8 * MiB
@@ -154,42 +153,30 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--mib", type=int, default=200)
     args = ap.parse_args()
-    with workdir(args) as work:
-        server = SeaweedFS(work / "weed")
-        (work / "weed").mkdir()
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="artfs", AWS_SECRET_ACCESS_KEY="artfs", AWS_DEFAULT_REGION="us-east-1"
-        )
-        server.start()
-        try:
-            os.environ["S3_ENDPOINT_URL"] = server.endpoint
-            src = work / "src"
-            src.mkdir()
-            make_data(src, args.mib)
-            store = f"s3://{S3_BUCKET}/partial"
-            subprocess.run(
-                [*ARTFS, "--store", store, "push", "data", str(src)], check=True, capture_output=True
-            )
-            rows = []
-            for i, (name, read, runs) in enumerate(CASES):
-                mnt = work / f"mnt{i}"
-                mnt.mkdir()
-                mount = [*ARTFS, "--store", store, "mount", "--cache-dir", str(work / f"cache{i}"), str(mnt)]
-                subprocess.run(mount, check=True, capture_output=True)
-                try:
-                    drop_caches()
-                    before = server.traffic()
-                    t = time.perf_counter()
-                    asked = read(mnt / "data:v0")
-                    seconds = time.perf_counter() - t
-                    time.sleep(1)  # read-ahead under way finishes: it counts too
-                    requests, sent = (a - b for a, b in zip(server.traffic(), before, strict=True))
-                    kernel = json.loads((mnt / ".artfs" / "stats.json").read_text())["bytes_requested"]
-                finally:
-                    subprocess.run([*ARTFS, "umount", str(mnt)], check=True)
-                rows.append((name, asked, kernel, sent, requests, seconds, runs))
-        finally:
-            server.kill()
+    with workdir(args) as work, seaweedfs(work) as server:
+        src = work / "src"
+        src.mkdir()
+        make_data(src, args.mib)
+        store = f"s3://{S3_BUCKET}/partial"
+        subprocess.run([*ARTFS, "--store", store, "push", "data", str(src)], check=True, capture_output=True)
+        rows = []
+        for i, (name, read, runs) in enumerate(CASES):
+            mnt = work / f"mnt{i}"
+            mnt.mkdir()
+            mount = [*ARTFS, "--store", store, "mount", "--cache-dir", str(work / f"cache{i}"), str(mnt)]
+            subprocess.run(mount, check=True, capture_output=True)
+            try:
+                drop_caches()
+                before = server.traffic()
+                t = time.perf_counter()
+                asked = read(mnt / "data:v0")
+                seconds = time.perf_counter() - t
+                time.sleep(1)  # read-ahead under way finishes: it counts too
+                requests, sent = (a - b for a, b in zip(server.traffic(), before, strict=True))
+                kernel = json.loads((mnt / ".artfs" / "stats.json").read_text())["bytes_requested"]
+            finally:
+                subprocess.run([*ARTFS, "umount", str(mnt)], check=True)
+            rows.append((name, asked, kernel, sent, requests, seconds, runs))
     head = f"{'':30} {'asked':>10} {'kernel':>10} {'sent':>10} {'sent/asked':>10} {'/kernel':>8}"
     print(f"{head} {'GETs':>6} {'time':>7}  target")
     for name, asked, kernel, sent, requests, seconds, runs in rows:

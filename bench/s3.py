@@ -45,7 +45,7 @@ from pathlib import Path
 import boto3
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from access import MiB, drop_caches, parser, read_file, read_many, timed, workdir
+from access import MiB, drop_caches, parser, read_file, read_many, seaweedfs, timed, workdir
 
 from tests.conftest import S3_BUCKET, SeaweedFS  # the servers the tests use
 
@@ -112,19 +112,9 @@ def main() -> None:
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "rclone", "s3fs"], check=True, stdout=subprocess.DEVNULL
         )
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
-    )
     os.environ.pop("AWS_CA_BUNDLE", None)  # rclone 1.60 refuses to start with it, even for http
-    with workdir(args) as work:
-        (work / "weed").mkdir()
-        server = SeaweedFS(work / "weed")
-        server.start()
-        try:
-            os.environ["S3_ENDPOINT_URL"] = server.endpoint
-            results, traffic = run(work, server, args)
-        finally:
-            server.kill()
+    with workdir(args) as work, seaweedfs(work, key="bench") as server:
+        results, traffic = run(work, server, args)
     print(
         f"{'line':16} {'unit':>5} "
         + " ".join(f"{t:>9}" for t in TOOLS[:-1])

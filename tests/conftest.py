@@ -4,27 +4,33 @@ not start fails the run)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import artfs
+from artfs.mounttable import is_artfs_mount, running
 from artfs.storage import Backend, open_backend
 
 ARTFS = [sys.executable, "-m", "artfs"]
 
 
-def make_tree(root: Path, files: dict[str, bytes | str]) -> Path:
+def make_tree(root: Path, files: Mapping[str, bytes | str | None]) -> Path:
     """Create files under root; a value starting with '->' makes a symlink, None an empty dir."""
     for rel, content in files.items():
         p = root / rel
@@ -320,3 +326,117 @@ def format1_store(tmp_path: Path) -> str:
     copy = tmp_path / "format1-store"
     shutil.copytree(FORMAT1_STORE, copy)
     return f"file://{copy}"
+
+
+# -- a version with everything ordinary tools care about ----------------------------------------
+@pytest.fixture
+def rich_tree(tmp_path: Path) -> Path:
+    src = make_tree(
+        tmp_path / "src",
+        {
+            "README.md": "hello\n",
+            "empty.txt": "",
+            "bin/run.sh": "#!/bin/sh\necho run\n",
+            "dir with space/naïve ü.txt": "unicode\n",
+            "data/big.bin": b"".join(i.to_bytes(8, "little") * ((1 << 20) // 8) for i in range(9)),
+            "emptydir": None,
+            "link": "->bin/run.sh",
+            "dirlink": "->dir with space",
+        },
+    )
+    (src / "bin/run.sh").chmod(0o755)
+    with sqlite3.connect(src / "db.sqlite") as db:
+        db.execute("create table t (x integer)")
+        db.executemany("insert into t values (?)", [(i,) for i in range(100)])
+    db.close()
+    with zipfile.ZipFile(src / "pack.zip", "w") as z:
+        z.writestr("inside.txt", "zipped\n")
+    repo = src / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.txt").write_text("one\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    (repo / "a.txt").write_text("two\n")
+    subprocess.run([*git, "commit", "-qam", "second"], check=True)
+    return src
+
+
+# -- staging mounts ------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    path: Path
+    store: str
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, store=self.store)
+
+    @property
+    def session(self) -> str:
+        return os.getxattr(self.path, "user.artfs.session").decode()
+
+    @property
+    def pid(self) -> int:
+        return int(os.getxattr(self.path, "user.artfs.pid").decode())
+
+    def umount(self) -> subprocess.CompletedProcess[str]:
+        done = self.cli("umount", str(self.path))
+        assert done.returncode == 0, f"{done.stdout}{done.stderr}"
+        assert not is_artfs_mount(str(self.path))
+        return done
+
+    def kill(self) -> None:
+        """kill -9 the daemon; the dead mount is cleared as a user would (fusermount3 -u)."""
+        pid = self.pid
+        os.kill(pid, signal.SIGKILL)
+        while running(pid):
+            pass
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=True)
+
+
+StageFactory = Callable[..., Stage]
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Iterator[StageFactory]:
+    """`stage(store_url, ref, *options)`: `artfs stage REF` on a fresh directory."""
+    assert os.path.exists("/dev/fuse"), "FUSE is unavailable: /dev/fuse is missing"
+    started: list[Stage] = []
+
+    def start(store_url: str, ref: str, *options: str, path: Path | None = None) -> Stage:
+        path = path or tmp_path / f"stage{len(started)}"
+        path.mkdir(exist_ok=True)
+        done = run_cli("stage", ref, str(path), *options, store=store_url)
+        assert done.returncode == 0, f"{done.stdout}{done.stderr}"
+        s = Stage(path, store_url)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if is_artfs_mount(str(s.path)):
+            with contextlib.suppress(OSError):
+                pid = s.pid
+                os.setxattr(s.path, "user.artfs.abort", b"1")
+            subprocess.run(["fusermount3", "-u", "-z", str(s.path)], check=False)
+            with contextlib.suppress(NameError, ProcessLookupError):
+                while running(pid):
+                    pass
+
+
+def push(store_url: str, name: str, src: Path, *args: str) -> str:
+    done = run_cli("push", name, str(src), *args, store=store_url)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def run(*argv: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def verify(store_url: str, ref: str, local: Path) -> None:
+    done = run_cli("verify", ref, str(local), store=store_url)
+    assert done.returncode == 0, f"{ref} is not {local}: {done.stdout}{done.stderr}"

@@ -36,7 +36,7 @@ from artfs.mounttable import is_artfs_mount
 from artfs.storage import open_backend
 from artfs.vfs import SIBLINGS
 
-from .conftest import ARTFS, FORMAT1_V0, S3_BUCKET, SeaweedFS, make_tree, run_cli
+from .conftest import ARTFS, FORMAT1_V0, S3_BUCKET, SeaweedFS, make_tree, push, run, run_cli
 
 MiB = 1 << 20
 
@@ -127,55 +127,8 @@ def mount(tmp_path: Path) -> Iterator[MountFactory]:
                 m.proc.wait()
 
 
-def push(store_url: str, name: str, src: Path, *args: str) -> str:
-    done = run_cli("push", name, str(src), *args, store=store_url)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# -- a version with everything ordinary tools care about ----------------------------------------
-@pytest.fixture
-def rich_tree(tmp_path: Path) -> Path:
-    src = make_tree(
-        tmp_path / "src",
-        {
-            "README.md": "hello\n",
-            "empty.txt": "",
-            "bin/run.sh": "#!/bin/sh\necho run\n",
-            "dir with space/naïve ü.txt": "unicode\n",
-            "data/big.bin": b"".join(i.to_bytes(8, "little") * (MiB // 8) for i in range(9)),
-            "emptydir": None,
-            "link": "->bin/run.sh",
-            "dirlink": "->dir with space",
-        },
-    )
-    (src / "bin/run.sh").chmod(0o755)
-    with sqlite3.connect(src / "db.sqlite") as db:
-        db.execute("create table t (x integer)")
-        db.executemany("insert into t values (?)", [(i,) for i in range(100)])
-    db.close()
-    with zipfile.ZipFile(src / "pack.zip", "w") as z:
-        z.writestr("inside.txt", "zipped\n")
-    repo = src / "repo"
-    repo.mkdir()
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    (repo / "a.txt").write_text("one\n")
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "first"], check=True)
-    (repo / "a.txt").write_text("two\n")
-    subprocess.run([*git, "commit", "-qam", "second"], check=True)
-    return src
-
-
-def run(*argv: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
-    assert done.returncode == 0, f"{argv}: {done.stderr}"
-    return done.stdout
 
 
 def test_ordinary_tools_see_exactly_what_was_pushed(
@@ -787,8 +740,9 @@ def test_foreground_daemon_speaks_sd_notify_and_unmounts_on_sigterm(
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 
 
-def test_systemd_unit_verifies_and_keeps_the_mount_visible() -> None:
-    unit = Path(__file__).parents[1] / "systemd" / "artfs-mount@.service"
+@pytest.mark.parametrize("name", ["artfs-mount@.service", "artfs-stage@.service"])
+def test_systemd_units_verify_and_keep_the_mount_visible(name: str) -> None:
+    unit = Path(__file__).parents[1] / "systemd" / name
     text = unit.read_text()
     settings = [line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")]
     keys = {k: v for k, v in settings}

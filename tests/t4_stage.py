@@ -1,0 +1,329 @@
+"""The staging mount, for real: `artfs stage` starts a daemon on /dev/fuse, ordinary tools edit
+it, `artfs umount` commits; every test ends by comparing the committed version, byte for byte,
+with the same work done on a local directory.
+
+Nothing here is skipped: if FUSE cannot mount, these tests fail and say why.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+from functools import partial
+from pathlib import Path
+from subprocess import PIPE
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .conftest import ARTFS as ARTFS_CLI
+from .conftest import StageFactory, make_tree, push, run, run_cli, verify
+from .t3_staging import _build_base, _errno_of, _local_op, _local_tree, ops
+
+MiB = 1 << 20
+
+
+# -- ordinary tools ----------------------------------------------------------------------------
+def edits(root: Path, extra: Path) -> None:
+    """What people do to a checked-out dataset, done the same way to the stage and to a local
+    copy: copies in, archives unpacked, syncs, saves, moves and removals."""
+    run("cp", "-r", str(extra / "more"), str(root / "more"))
+    run("cp", "-a", str(extra / "more"), str(root / "more-a"))
+    run("rsync", "-a", "--delete", f"{extra}/synced/", f"{root}/data/")
+    run("tar", "-xf", str(extra / "bundle.tar"), "-C", str(root))
+    run("unzip", "-q", "-o", str(extra / "bundle.zip"), "-d", str(root / "unzipped"))
+    # an editor's save: write a temporary file, fsync, rename over the original
+    tmp = root / ".README.md.swp"
+    with open(tmp, "w") as f:
+        f.write("edited\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / "README.md")
+    shutil.copyfile(root / "bin/run.sh", root / "bin/run2.sh")
+    shutil.copytree(root / "dir with space", root / "copied dir")
+    run("mv", str(root / "copied dir"), str(root / "more/moved dir"))
+    run("rm", "-rf", str(root / "emptydir"), str(root / "pack.zip"))
+    with open(root / "data/append.log", "ab") as f:  # appended to a file from the base
+        f.write(b"appended\n")
+    os.truncate(root / "db.sqlite", 4096)  # a base file cut short
+    with sqlite3.connect(root / "rollback.db") as db:
+        db.execute("create table t (x integer)")
+        db.executemany("insert into t values (?)", [(i,) for i in range(200)])
+    db.close()
+    with sqlite3.connect(root / "wal.db") as db:
+        db.execute("pragma journal_mode=wal")
+        db.execute("create table t (x integer)")
+        for i in range(50):
+            db.execute("insert into t values (?)", (i,))
+            db.commit()
+        db.execute("pragma wal_checkpoint(truncate)")
+    db.close()
+
+
+def _extra(tmp_path: Path) -> Path:
+    extra = make_tree(
+        tmp_path / "extra",
+        {
+            "more/a.txt": "a\n",
+            "more/deep/b.bin": os.urandom(300_000),
+            "synced/new.csv": "x,y\n1,2\n",
+            "synced/append.log": "old\n",
+            "tarred/t.txt": "from tar\n",
+            "zipped/z.txt": "from zip\n",
+        },
+    )
+    run("tar", "-cf", str(extra / "bundle.tar"), "-C", str(extra), "tarred")
+    run("zip", "-qr", str(extra / "bundle.zip"), "zipped", cwd=extra)
+    return extra
+
+
+def test_ordinary_tools_leave_the_tree_a_local_disk_would(
+    tmp_path: Path, store_url: str, rich_tree: Path, stage: StageFactory
+) -> None:
+    push(store_url, "rich", rich_tree)
+    (rich_tree / "data/append.log").write_text("log\n")
+    assert push(store_url, "rich", rich_tree) == "rich:v1"
+    extra = _extra(tmp_path)
+    local = tmp_path / "local"  # the version as a checkout has it (modes as a version keeps them)
+    assert run_cli("download", "rich:v1", str(local), store=store_url).returncode == 0
+    edits(local, extra)
+
+    s = stage(store_url, "rich")
+    edits(s.path, extra)
+    assert _local_tree(s.path) == _local_tree(local)
+    status = s.cli("status", str(s.path)).stdout.splitlines()
+    assert "M README.md" in status and "D emptydir/" in status and "A wal.db" in status, status
+    assert s.umount().stdout.strip() == "rich:v2"
+    verify(store_url, "rich:v2", local)
+    # git inside a stage, then checked through the read-only view of the committed version
+    repo = stage(store_url, "rich")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "gc.auto=0"]
+    run(*git, "clone", "-q", str(rich_tree / "repo"), str(repo.path / "clone"))
+    (repo.path / "clone/b.txt").write_text("three\n")
+    run(*git, "-C", str(repo.path / "clone"), "add", ".")
+    run(*git, "-C", str(repo.path / "clone"), "commit", "-qm", "third")
+    run(*git, "-C", str(repo.path / "clone"), "gc", "-q")
+    run(*git, "-C", str(repo.path / "repo"), "commit", "-qam", "in place", "--allow-empty")
+    assert repo.umount().stdout.strip() == "rich:v3"
+    out = tmp_path / "v3"
+    assert run_cli("download", "rich:v3", str(out), store=store_url).returncode == 0
+    run("git", "-C", str(out / "clone"), "fsck", "--strict")
+    assert run("git", "-C", str(out / "clone"), "log", "--format=%s") == "third\nsecond\nfirst\n"
+    run("git", "-C", str(out / "repo"), "fsck", "--strict")
+
+
+def test_unchanged_makes_no_version_and_a_new_name_starts_empty(
+    tmp_path: Path, store_url: str, rich_tree: Path, stage: StageFactory
+) -> None:
+    push(store_url, "rich", rich_tree)
+    s = stage(store_url, "rich")
+    (s.path / "README.md").write_text("hello\n")  # written, the same bytes
+    (s.path / "tmp").write_text("x")
+    (s.path / "tmp").unlink()
+    assert s.umount().stdout.strip() == "unchanged: rich:v0"
+
+    new = stage(store_url, "fresh", "-t", "model", "-a", "best", "-m", "epochs=3")
+    assert os.listdir(new.path) == []
+    (new.path / "weights.bin").write_bytes(b"w" * 1000)
+    os.link(new.path / "weights.bin", new.path / "same.bin")
+    assert os.stat(new.path / "same.bin").st_nlink == 2
+    os.symlink("/etc/passwd", new.path / "outside")
+    done = new.umount()
+    assert done.stdout.strip() == "fresh:v0"
+    assert "same.bin: a hard link to weights.bin" in done.stderr or "weights.bin: a hard link" in done.stderr
+    assert "outside" in done.stderr and "left out" in done.stderr
+    info = run_cli("info", "fresh:best", "--json", store=store_url)
+    assert '"type": "model"' in info.stdout and '"epochs": 3' in info.stdout, info.stdout
+    assert sorted(
+        p.split()[-1] for p in run_cli("files", "fresh:v0", store=store_url).stdout.splitlines()[1:]
+    ) == [
+        "same.bin",
+        "weights.bin",
+    ]
+
+
+def test_commit_while_mounted_goes_on_staging(store_url: str, rich_tree: Path, stage: StageFactory) -> None:
+    push(store_url, "rich", rich_tree)
+    s = stage(store_url, "rich")
+    (s.path / "one").write_text("1")
+    done = s.cli("commit", str(s.path))
+    assert done.returncode == 0 and done.stdout.strip() == "rich:v1", done.stderr
+    assert s.cli("commit", str(s.path)).stdout.strip() == "unchanged: rich:v1"
+    (s.path / "two").write_text("2")
+    assert s.umount().stdout.strip() == "rich:v2"
+    assert "two" in run_cli("files", "rich:v2", store=store_url).stdout
+
+
+# -- POSIX behaviour through the kernel, against a local directory ---------------------------
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(script=st.lists(ops, min_size=1, max_size=20))
+def test_the_stage_behaves_like_a_local_directory_through_the_kernel(
+    store_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    stage: StageFactory,
+    script: list[tuple[Any, ...]],
+) -> None:
+    tmp = tmp_path_factory.mktemp("fuse")
+    _build_base(tmp / "src")
+    push(store_url, "t", tmp / "src")
+    model = tmp / "model"
+    shutil.copytree(tmp / "src", model, symlinks=True)
+    s = stage(store_url, "t:v0", path=tmp / "mnt")
+    held_model: list[int] = []
+    held_stage: list[int] = []
+    try:
+        for step, op in enumerate(script):
+            model_err, model_out = _errno_of(partial(_local_op, model, held_model, op))
+            stage_err, stage_out = _errno_of(partial(_local_op, s.path, held_stage, op))
+            assert stage_err == model_err, (
+                step,
+                op,
+                errno.errorcode.get(stage_err),
+                errno.errorcode.get(model_err),
+            )
+            if op[0] == "hold" and not model_err:
+                held_model.append(model_out)
+                held_stage.append(stage_out)
+            assert _local_tree(s.path) == _local_tree(model), (step, op)
+        for a, b in zip(held_model, held_stage, strict=True):  # open files, unlinked or not
+            size = os.fstat(a).st_size
+            assert os.fstat(b).st_size == size
+            assert os.pread(b, size + 1, 0) == os.pread(a, size + 1, 0)
+    finally:
+        for fd in held_model + held_stage:
+            os.close(fd)
+    done = s.umount()
+    label = done.stdout.strip().removeprefix("unchanged: ")
+    for rel, item in _local_tree(model).items():  # links that leave the tree are left out, and said
+        if item[0] == "link" and item[1].startswith("../") and "/" not in rel:
+            (model / rel).unlink()
+            assert rel in done.stderr
+    verify(store_url, label, model)
+
+
+# -- an fsx-style exerciser --------------------------------------------------------------------
+def exercise(path: Path, seed: int, steps: int, initial: bytes) -> None:
+    """Random reads, writes, truncations and reopenings of one file, every read checked against
+    a model of its bytes (the idea of fsx, written for this suite)."""
+    rng = random.Random(seed)
+    model = bytearray(initial)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for step in range(steps):
+            op = rng.choices(["read", "write", "truncate", "reopen", "fsync"], [40, 40, 10, 5, 5])[0]
+            limit = 6 * MiB  # offsets and sizes up to here: the file grows, shrinks, has holes
+            if op == "read":
+                off, n = rng.randrange(limit), rng.randrange(1, 256 * 1024)
+                got = os.pread(fd, n, off)
+                assert got == bytes(model[off : off + n]), (seed, step, op, off, n)
+            elif op == "write":
+                off, n = rng.randrange(limit), rng.randrange(1, 128 * 1024)
+                data = rng.randbytes(n)
+                assert os.pwrite(fd, data, off) == n
+                if off > len(model):
+                    model.extend(bytes(off - len(model)))
+                model[off : off + n] = data
+            elif op == "truncate":
+                size = rng.randrange(limit)
+                os.ftruncate(fd, size)
+                model[size:] = b""
+                model.extend(bytes(size - len(model)))
+            elif op == "reopen":
+                os.close(fd)
+                fd = os.open(path, os.O_RDWR)
+            else:
+                os.fsync(fd)
+            assert os.fstat(fd).st_size == len(model), (seed, step, op)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(model)
+
+
+def test_random_reads_writes_and_truncations_read_back_exactly(
+    tmp_path: Path, store_url: str, stage: StageFactory
+) -> None:
+    base = random.Random(7).randbytes(3 * MiB + 12345)
+    make_tree(tmp_path / "src", {"base.bin": base})
+    push(store_url, "f", tmp_path / "src")
+    s = stage(store_url, "f")
+    (s.path / "new.bin").write_bytes(b"")
+    exercise(s.path / "new.bin", seed=1, steps=1500, initial=b"")
+    exercise(s.path / "base.bin", seed=2, steps=1500, initial=base)  # served lazily, then copied up
+    expected = {"new.bin": (s.path / "new.bin").read_bytes(), "base.bin": (s.path / "base.bin").read_bytes()}
+    s.umount()
+    local = make_tree(tmp_path / "expected", expected)
+    verify(store_url, "f:v1", local)
+
+
+# -- many writers ------------------------------------------------------------------------------
+def test_two_stages_of_one_base_give_two_versions_on_every_store(
+    tmp_path: Path, backend_url: str, stage: StageFactory
+) -> None:
+    make_tree(tmp_path / "src", {"shared.txt": "base\n"})
+    push(backend_url, "ds", tmp_path / "src")
+    a, b = stage(backend_url, "ds"), stage(backend_url, "ds")
+    (a.path / "from-a").write_text("a")
+    (b.path / "from-b").write_text("b")
+    (b.path / "shared.txt").write_text("b's\n")
+    env = {**os.environ, "ARTFS_STORE": backend_url}
+    umounts = [
+        subprocess.Popen([*ARTFS_CLI, "umount", str(s.path)], stdout=PIPE, stderr=PIPE, text=True, env=env)
+        for s in (a, b)
+    ]
+    results = [p.communicate(timeout=120) for p in umounts]
+    assert all(p.returncode == 0 for p in umounts), results
+    assert sorted(out.strip() for out, _ in results) == ["ds:v1", "ds:v2"]
+    assert sum("records base 0" in err for _, err in results) == 1, results  # the later one says so
+    for label, mine in ((out.strip(), s) for (out, _), s in zip(results, (a, b), strict=True)):
+        files = run_cli("files", label, store=backend_url).stdout
+        assert ("from-a" in files) == (mine is a) and ("from-b" in files) == (mine is b), (label, files)
+        info = json.loads(run_cli("info", label, "--json", store=backend_url).stdout)
+        assert info["base"] == 0
+
+    # --on-conflict error refuses and keeps the work, which a later commit can still finish
+    c = stage(backend_url, "ds:v1", "--on-conflict", "error")
+    (c.path / "from-c").write_text("c")
+    sid = c.session
+    done = c.cli("umount", str(c.path))
+    assert done.returncode != 0 and "was committed after ds:v1" in done.stderr, done.stderr
+    assert f"artfs commit {sid}" in done.stderr
+    listed = json.loads(run_cli("stage", "--list", "--json").stdout)
+    assert [s["state"] for s in listed if s["id"] == sid] == ["stopped"]
+    status = run_cli("status", sid).stdout.split("\n")
+    assert "A from-c" in status
+    assert run_cli("abort", sid).returncode == 0
+    assert run_cli("stage", "--list", "--json").stdout.strip() == "[]"
+    assert [ln.split()[0] for ln in run_cli("ls", "ds", store=backend_url).stdout.splitlines()[1:]] == [
+        "v2",
+        "v1",
+        "v0",
+    ]
+
+
+def test_a_full_disk_fails_the_writer_not_the_mount(
+    tmp_path: Path, store_url: str, small_disk: Path, stage: StageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path / "src", {"base.txt": "base\n"})
+    push(store_url, "ds", tmp_path / "src")
+    monkeypatch.setenv("XDG_STATE_HOME", str(small_disk))  # the upper area: 1 MiB
+    s = stage(store_url, "ds")
+    with pytest.raises(OSError) as failed, open(s.path / "big", "wb") as f:
+        f.write(b"x" * (4 * MiB))
+        f.flush()
+    assert failed.value.errno == errno.ENOSPC
+    os.unlink(s.path / "big")
+    (s.path / "small").write_text("still works\n")
+    assert (s.path / "base.txt").read_text() == "base\n"
+    assert s.umount().stdout.strip() == "ds:v1"
+    assert "small" in run_cli("files", "ds:v1", store=store_url).stdout
