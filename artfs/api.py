@@ -69,6 +69,10 @@ class Store:
             self._config = StoreConfig.load(self.backend, create=write or self._embedded)
         return self._config
 
+    def create(self) -> None:
+        """Create the store where it does not exist yet (a first push or a first stage does)."""
+        self._open(write=True)
+
     @property
     def catalog(self) -> Catalog:
         return Catalog(self.backend, markers=self._open().format >= 2)

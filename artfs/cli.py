@@ -1049,6 +1049,8 @@ def new_stage(
     on_conflict: str,
 ) -> StageSession:
     parsed = Ref.parse(ref)
+    if ":" not in ref:
+        store.create()  # a first stage of a new name in a new store, as a first push
     catalog = store.catalog
     new = ":" not in ref and catalog.latest(parsed.name) is None  # starts empty, becomes v0
     base = None if new else catalog.resolve(parsed).number

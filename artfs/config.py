@@ -111,7 +111,7 @@ class StoreConfig:
         except ObjectNotFoundError:
             if not create:
                 raise StoreNotFoundError(
-                    f"no artfs store at {backend.url} (the first push creates one)"
+                    f"no artfs store at {backend.url} (the first push or stage creates one)"
                 ) from None
             if backend.may_create_store():
                 with contextlib.suppress(PreconditionFailedError):  # a concurrent creator won

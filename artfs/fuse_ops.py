@@ -24,13 +24,12 @@ import pyfuse3
 
 from .errors import ArtfsError, FsError, NotFoundError, StoreError
 from .names import MAX_NAME
-from .namespace import DIR, LINK, Attr, Opened, View, WritableView
+from .namespace import KIND_BITS, SPECIAL, Attr, Opened, View, WritableView
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
-KIND_BITS = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
 
 
 def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -85,7 +84,8 @@ class Operations(pyfuse3.Operations):
     def _attrs(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
-        e.st_mode = KIND_BITS.get(a.kind, stat.S_IFREG) | a.perm
+        e.st_mode = KIND_BITS[a.kind] | a.perm
+        e.st_rdev = a.rdev
         e.st_nlink = a.nlink
         e.st_uid = self._uid if a.uid < 0 else a.uid
         e.st_gid = self._gid if a.gid < 0 else a.gid
@@ -204,8 +204,15 @@ class WritableOperations(Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):  # a version holds files, directories and links only
-            raise pyfuse3.FUSEError(errno.EPERM)
+        if not stat.S_ISREG(mode):
+            kind = next((k for k, bits in SPECIAL.items() if stat.S_IFMT(mode) == bits), None)
+            if kind is None:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return self._attrs(
+                await self.wview.mknod(
+                    parent_inode, _name(name), kind, self._mode(mode, ctx), rdev, ctx.uid, ctx.gid
+                )
+            )
         opened, attr = await self.wview.create(
             parent_inode, _name(name), self._mode(mode, ctx), os.O_WRONLY, ctx.uid, ctx.gid
         )

@@ -14,11 +14,17 @@ follows what the kernel holds.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 DIR, FILE, LINK = "dir", "file", "link"
+# Special files: a staging session holds them (tools and tests make FIFOs and sockets); a version
+# cannot, so a commit leaves them out and says so.
+FIFO, SOCKET, CHAR, BLOCK = "fifo", "socket", "char", "block"
+SPECIAL = {FIFO: stat.S_IFIFO, SOCKET: stat.S_IFSOCK, CHAR: stat.S_IFCHR, BLOCK: stat.S_IFBLK}
+KIND_BITS = {DIR: stat.S_IFDIR, LINK: stat.S_IFLNK, FILE: stat.S_IFREG, **SPECIAL}
 ROOT_INO = 1
 NODE_BITS = 32
 NODE_MASK = (1 << NODE_BITS) - 1
@@ -47,6 +53,7 @@ class Attr:
     nlink: int = 1
     ctime_ns: int = 0  # 0: mtime_ns
     atime_ns: int = 0  # 0: mtime_ns
+    rdev: int = 0  # of a device node
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,11 @@ class WritableView(View, Protocol):
     async def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Attr: ...
 
     async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int) -> Attr: ...
+
+    async def mknod(
+        self, parent: int, name: str, kind: str, mode: int, rdev: int, uid: int, gid: int
+    ) -> Attr:
+        """A FIFO, socket or device node (`kind` one of SPECIAL)."""
 
     async def link(self, ino: int, parent: int, name: str) -> Attr: ...
 

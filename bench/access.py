@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +71,16 @@ def read_many(paths: list[Path]) -> int:
         with open(p, "rb", buffering=0) as f:
             n += len(f.read())
     return n
+
+
+def wait_mounted(path: Path, proc: subprocess.Popen[bytes], fstype: str) -> None:
+    """Wait until `proc` has mounted a filesystem of `fstype` on `path` (or exit if it died)."""
+    from artfs.mounttable import mounts
+
+    while getattr(mounts().get(str(path)), "fstype", "") != fstype:
+        if proc.poll() is not None:
+            raise SystemExit(f"{fstype} mount on {path} failed")
+        time.sleep(0.02)
 
 
 def drop_caches() -> None:

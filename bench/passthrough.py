@@ -1,8 +1,9 @@
 """The ceiling for bench/read.py: the smallest useful pyfuse3 filesystem, serving a directory
 read-only with an inline `os.pread`, `keep_cache` and long timeouts — what any pyfuse3 mount of
-immutable data can do at best on this machine.
+immutable data can do at best on this machine. With `--writable` it also creates, writes (an
+inline `os.pwrite`), makes directories and fsyncs: the ceiling for bench/commit.py's writes.
 
-    python bench/passthrough.py SOURCE MOUNTPOINT     (foreground; unmount to stop)
+    python bench/passthrough.py [--writable] SOURCE MOUNTPOINT     (foreground; unmount to stop)
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ TIMEOUT = 24 * 3600.0
 
 
 class Passthrough(pyfuse3.Operations):
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, writable: bool) -> None:
         super().__init__()
+        self.writable = writable
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: source}
         self.inodes: dict[str, int] = {source: pyfuse3.ROOT_INODE}
         self.dirs: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
@@ -71,23 +73,61 @@ class Passthrough(pyfuse3.Operations):
             raise pyfuse3.FUSEError(e.errno) from None
 
     async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
-        if flags & (os.O_WRONLY | os.O_RDWR):
+        if flags & (os.O_WRONLY | os.O_RDWR) and not self.writable:
             raise pyfuse3.FUSEError(errno.EROFS)
-        fd = os.open(self.paths[inode], os.O_RDONLY)
+        fd = os.open(self.paths[inode], flags & ~os.O_CREAT)
         self.fds[fd] = fd
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(fh, size, off)
 
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = os.path.join(self.paths[parent_inode], os.fsdecode(name))
+        fd = os.open(path, flags | os.O_CREAT, mode & ~ctx.umask)
+        self.fds[fd] = fd
+        return pyfuse3.FileInfo(fh=fd), self._attr(path)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = os.path.join(self.paths[parent_inode], os.fsdecode(name))
+        os.mkdir(path, mode & ~ctx.umask)
+        return self._attr(path)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return os.pwrite(fh, buf, off)
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: object,
+    ) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            os.truncate(self.paths[inode], attr.st_size)
+        return self._attr(self.paths[inode])
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        os.fsync(fh)
+
+    async def flush(self, fh: int) -> None:
+        pass
+
     async def release(self, fh: int) -> None:
         os.close(self.fds.pop(fh))
 
 
 def main() -> None:
-    source, mountpoint = os.path.abspath(sys.argv[1]), sys.argv[2]
+    writable = sys.argv[1] == "--writable"
+    source, mountpoint = os.path.abspath(sys.argv[1 + writable]), sys.argv[2 + writable]
     assert stat.S_ISDIR(os.stat(source).st_mode)
-    pyfuse3.init(Passthrough(source), mountpoint, {"fsname=passthrough", "ro", "default_permissions"})
+    options = {"fsname=passthrough", "default_permissions", "rw" if writable else "ro"}
+    pyfuse3.init(Passthrough(source, writable), mountpoint, options)
     try:
         trio.run(pyfuse3.main)
     finally:

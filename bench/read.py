@@ -17,13 +17,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from access import MiB, parser, read_file, read_many, timed, workdir
+from access import MiB, parser, read_file, read_many, timed, wait_mounted, workdir
 
 from artfs.daemon import raise_read_ahead
-from artfs.mounttable import is_artfs_mount, mounts
+from artfs.mounttable import is_artfs_mount
 
 ARTFS = [sys.executable, "-m", "artfs"]
 
@@ -59,13 +58,6 @@ def measure(root: Path, small: list[str]) -> dict[str, float]:
         ),
         "open+read": timed(lambda: read_many(files)),
     }
-
-
-def wait_mounted(path: Path, proc: subprocess.Popen[bytes], fstype: str) -> None:
-    while getattr(mounts().get(str(path)), "fstype", "") != fstype:
-        if proc.poll() is not None:
-            raise SystemExit(f"{fstype} mount on {path} failed")
-        time.sleep(0.02)
 
 
 def run_mounted(argv: list[str], mnt: Path, fstype: str, root: str, small: list[str]) -> dict[str, float]:

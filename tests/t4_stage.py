@@ -12,7 +12,9 @@ import json
 import os
 import random
 import shutil
+import socket
 import sqlite3
+import stat
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -147,6 +149,31 @@ def test_unchanged_makes_no_version_and_a_new_name_starts_empty(
         "same.bin",
         "weights.bin",
     ]
+
+
+def test_a_first_stage_creates_the_store_and_special_files_stay_in_the_session(
+    tmp_path: Path, stage: StageFactory
+) -> None:
+    store_url = f"file://{tmp_path / 'new-store'}"
+    s = stage(store_url, "fresh")
+    os.mkfifo(s.path / "pipe")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(s.path / "sock"))
+    assert stat.S_ISFIFO(os.lstat(s.path / "pipe").st_mode)
+    assert stat.S_ISSOCK(os.lstat(s.path / "sock").st_mode)
+    with open(s.path / "huge", "wb") as f:  # past what the disk under the upper area can hold
+        try:
+            f.truncate(999_999_999_999_999)
+        except OSError as e:
+            assert e.errno in (errno.EFBIG, errno.EINVAL), e  # never EIO
+        else:
+            assert os.stat(s.path / "huge").st_size == 999_999_999_999_999
+        f.truncate(3)
+    done = s.umount()
+    assert done.stdout.strip() == "fresh:v0"
+    assert "left out: pipe: a fifo" in done.stderr and "left out: sock: a socket" in done.stderr
+    files = run_cli("files", "fresh:v0", store=store_url).stdout
+    assert "huge" in files and "pipe" not in files and "sock" not in files
 
 
 def test_commit_while_mounted_goes_on_staging(store_url: str, rich_tree: Path, stage: StageFactory) -> None:

@@ -18,7 +18,7 @@ from artfs.mounttable import is_artfs_mount, running
 
 from .conftest import ARTFS, StageFactory, make_tree, push, run_cli, verify
 
-SEEDS = range(5)
+SEEDS = range(int(os.environ.get("ARTFS_CRASH_SEEDS", "5")))  # bench/crash.py asks for more
 
 
 def durable_write(path: Path, data: bytes) -> None:

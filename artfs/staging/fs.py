@@ -26,7 +26,7 @@ from ..blobs import BlobStore
 from ..cache import BlockCache
 from ..errors import FsError
 from ..manifest import Entry
-from ..namespace import DIR, FILE, ROOT_INO, Attr, Buffer, Opened, split
+from ..namespace import DIR, FILE, LINK, ROOT_INO, Attr, Buffer, Opened, split
 from ..reader import BlockReader, FileReader, Stream
 from .tree import BASE, Overlay
 
@@ -39,8 +39,13 @@ TIMEOUT = 1.0  # the kernel may keep attributes and names this long (all changes
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
+# What the upper area's disk answers that the writer is to hear (the mount goes on).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 def _request(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """A request that waits while a commit runs (the tree holds still while it is written)."""
+    """A request that waits while a commit runs (the tree holds still while it is written); a
+    full disk or a too large file is the caller's errno."""
 
     @functools.wraps(method)
     async def gated(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -51,6 +56,10 @@ def _request(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
         view._busy += 1
         try:
             return await method(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in DISK_ERRNOS:
+                raise
+            raise FsError(e.errno) from None
         finally:
             view._busy -= 1
             if not view._busy and view._idle is not None:
@@ -269,10 +278,7 @@ class StagingView:
         handle = self._handles[fh]
         if self.overlay.lower(handle.ino) is not None:
             await self._copy_up(handle.ino)
-        try:
-            written = os.pwrite(self.overlay.upper.fd(handle.ino), data, offset)
-        except OSError as e:  # ENOSPC, EFBIG: the writer's to hear, the mount goes on
-            raise FsError(e.errno or errno.EIO) from None
+        written = os.pwrite(self.overlay.upper.fd(handle.ino), data, offset)
         self.overlay.written(handle.ino)
         return written
 
@@ -331,7 +337,14 @@ class StagingView:
     @_request
     async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int) -> Attr:
         await self._ready(parent, name)
-        return self._new(self.overlay.create(parent, name, "link", 0o777, uid, gid, target))
+        return self._new(self.overlay.create(parent, name, LINK, 0o777, uid, gid, target))
+
+    @_request
+    async def mknod(
+        self, parent: int, name: str, kind: str, mode: int, rdev: int, uid: int, gid: int
+    ) -> Attr:
+        await self._ready(parent, name)
+        return self._new(self.overlay.create(parent, name, kind, mode, uid, gid, rdev=rdev))
 
     @_request
     async def link(self, ino: int, parent: int, name: str) -> Attr:

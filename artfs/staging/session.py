@@ -13,7 +13,7 @@ had claimed already.
 The committed tree is the base's with the bound directories written anew (staging/tree.py): one
 object per changed directory, the unchanged ones named as they are. What a version cannot carry
 is left out or normalized, and said (`Committed.notes`): hard links become files of their own,
-owners and set-id bits are not kept, links that leave the tree are left out.
+owners and set-id bits are not kept, links that leave the tree and special files are left out.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..errors import InvalidPathError, NotFoundError
 from ..manifest import Entry, normal_mode
 from ..mounttable import running
 from ..names import validate_link_target
-from ..namespace import DIR, FILE, LINK, ROOT_INO
+from ..namespace import DIR, FILE, LINK, ROOT_INO, SPECIAL
 from ..progress import ProgressFactory, silent
 from ..sources import LocalFile, Source
 from ..statcache import StatCache
@@ -264,6 +264,9 @@ def _write(overlay: Overlay, writer: TreeWriter) -> tuple[Entry, list[str]]:
     def child_entry(at: str, child: Node) -> None:
         """A file or link of the directory on top of the stack, into its lists."""
         children, local = stack[-1][2], stack[-1][3]
+        if child.kind in SPECIAL:
+            notes.append(f"left out: {at}: a {child.kind} (a version holds files, directories and links)")
+            return
         try:
             if child.kind == LINK:
                 validate_link_target(at, child.target)

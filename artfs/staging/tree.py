@@ -56,6 +56,7 @@ class Node:
     nlink: int = 1  # 0: no name left (kept while open); a base directory's is 1 ("not counted")
     atime_ns: int = 0
     target: str = ""  # of a link
+    rdev: int = 0  # of a device node
     lower: Entry | None = None  # its entry in the base (a file's content, unless `upper`)
     base_node: int | None = None  # its node in the base tree (pinned there while bound)
     upper: bool = False  # a file whose content is its upper file
@@ -187,7 +188,7 @@ class Overlay:
         elif node.kind == LINK:
             size = len(os.fsencode(node.target))
         return Attr(ino, node.kind, node.mode, size, mtime, timeout, node.uid, node.gid, node.nlink,
-                    node.ctime_ns, node.atime_ns)  # fmt: skip
+                    node.ctime_ns, node.atime_ns, node.rdev)  # fmt: skip
 
     def readlink(self, ino: int) -> str:
         node = self.nodes.get(ino)
@@ -260,9 +261,17 @@ class Overlay:
         return self._apply(record)
 
     def create(
-        self, parent: int, name: str, kind: str, mode: int, uid: int, gid: int, target: str = ""
+        self,
+        parent: int,
+        name: str,
+        kind: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        target: str = "",
+        rdev: int = 0,
     ) -> int:
-        """A new file, directory or link; its inode."""
+        """A new file, directory, link or special file (namespace.SPECIAL); its inode."""
         self._new_name(parent, name)
         if kind == LINK and (not target or len(os.fsencode(target)) >= PATH_MAX):
             raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT)
@@ -271,7 +280,8 @@ class Overlay:
         if kind == FILE:
             self.upper.create(ino)
         self._do({"op": "new", "ino": ino, "kind": kind, "mode": mode & PERM_BITS, "uid": uid, "gid": gid,
-                  "target": target, "parent": parent, "name": name, "t": time.time_ns()})  # fmt: skip
+                  "target": target, "rdev": rdev, "parent": parent, "name": name,
+                  "t": time.time_ns()})  # fmt: skip
         return ino
 
     def link(self, ino: int, parent: int, name: str) -> None:
@@ -470,7 +480,8 @@ class Overlay:
             parent = self._node(r["parent"])
             kind = r["kind"]
             node = Node(ino, kind, r["mode"], r["uid"], r["gid"], t, t, 2 if kind == DIR else 1,
-                        target=r["target"], upper=kind == FILE, parent=parent.ino)  # fmt: skip
+                        target=r["target"], rdev=r.get("rdev", 0), upper=kind == FILE,
+                        parent=parent.ino)  # fmt: skip
             self.nodes[ino] = node
             parent.added[r["name"]] = ino
             parent.mtime_ns = parent.ctime_ns = t
