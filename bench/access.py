@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,42 @@ def seaweedfs(work: Path, key: str = "artfs") -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.kill()
+
+
+class Report:
+    """Lines printed as they come and again, together, at the end (long runs scroll away)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def summary(self) -> None:
+        print("\n" + "\n".join(self.lines))
+
+
+def artfs(store: Path, *argv: str) -> str:
+    """Run the artfs CLI on `store`; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "artfs", "--store", str(store), *argv],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def staged(store: Path, ref: str, mnt: Path, *options: str, commit: bool = True) -> Iterator[Path]:
+    """A staging mount of `ref`; leaving the block unmounts it, which commits (or aborts it)."""
+    mnt.mkdir(exist_ok=True)
+    artfs(store, "stage", ref, str(mnt), *options)
+    try:
+        yield mnt
+    finally:
+        artfs(store, "umount" if commit else "abort", str(mnt))
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -25,32 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from access import MiB, parser, timed, wait_mounted, workdir
+from access import MiB, Report, artfs, parser, staged, timed, wait_mounted, workdir
 from scale import make_tree
-
-ARTFS = [sys.executable, "-m", "artfs"]
-
-
-def artfs(store: Path, *argv: str) -> str:
-    done = subprocess.run([*ARTFS, "--store", str(store), *argv], check=True, capture_output=True, text=True)
-    return done.stdout.strip()
 
 
 def timed_artfs(store: Path, *argv: str) -> float:
     t = time.perf_counter()
     artfs(store, *argv)
     return time.perf_counter() - t
-
-
-@contextmanager
-def staged(store: Path, ref: str, mnt: Path) -> Iterator[Path]:
-    """A staging mount of `ref`; leaving the block unmounts it, which commits."""
-    mnt.mkdir(exist_ok=True)
-    artfs(store, "stage", ref, str(mnt))
-    try:
-        yield mnt
-    finally:
-        artfs(store, "umount", str(mnt))
 
 
 @contextmanager
@@ -133,12 +115,7 @@ def main() -> None:
     ap.add_argument("--fsyncs", type=int, default=2000)
     ap.add_argument("--transactions", type=int, default=1000)
     args = ap.parse_args()
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-
+    say = (report := Report()).say
     with workdir(args) as work:
         os.environ.update(XDG_STATE_HOME=str(work / "state"), ARTFS_CACHE=str(work / "cache"))
         stores = {k: work / f"store-{k}" for k in ("stage", "push")}
@@ -205,7 +182,7 @@ def main() -> None:
         say(f"fsync p50/p99   stage {p50:.2f} / {p99:.2f} ms (≤ 1.5 / 10)   local {l50:.2f} / {l99:.2f} ms")
         for m, rate in rates.items():
             say(f"sqlite {m:6} tx/s   stage {rate:7.0f} (> 171)   local {local_rates[m]:7.0f}")
-    print("\n" + "\n".join(lines))
+    report.summary()
 
 
 if __name__ == "__main__":

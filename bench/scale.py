@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from access import drop_caches, parser, workdir
+from access import Report, drop_caches, parser, workdir
 
 ARTFS = [sys.executable, "-m", "artfs"]
 
@@ -97,12 +97,7 @@ def main() -> None:
     ap.add_argument("--flat", type=int, default=100_000)
     ap.add_argument("--big-gib", type=int, default=16)
     args = ap.parse_args()
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
-
+    say = (report := Report()).say
     with workdir(args) as work:
         src, store_dir = work / "src", work / "store"
         n = make_tree(src, args.dirs, args.per_dir, args.flat)
@@ -198,7 +193,7 @@ def main() -> None:
             )
         finally:
             subprocess.run([*ARTFS, "umount", str(mnt)], check=True)
-    print("\n" + "\n".join(lines))
+    report.summary()
 
 
 if __name__ == "__main__":

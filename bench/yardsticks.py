@@ -21,34 +21,10 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from access import parser, workdir
-
-ARTFS = [sys.executable, "-m", "artfs"]
-
-
-def artfs(store: Path, *argv: str) -> str:
-    done = subprocess.run([*ARTFS, "--store", str(store), *argv], check=True, capture_output=True, text=True)
-    return done.stdout.strip() + done.stderr.strip()
-
-
-@contextmanager
-def staged(store: Path, ref: str, mnt: Path, *options: str, commit: bool = False) -> Iterator[Path]:
-    """A staging mount of `ref`; aborted afterwards unless `commit`."""
-    mnt.mkdir(exist_ok=True)
-    artfs(store, "stage", ref, str(mnt), *options)
-    try:
-        yield mnt
-    finally:
-        if commit:
-            print("  committed: " + artfs(store, "umount", str(mnt)).replace("\n", "\n  "))
-        else:
-            artfs(store, "abort", str(mnt))
+from access import artfs, parser, staged, workdir
 
 
 def walk(root: Path) -> dict[str, str]:
@@ -69,7 +45,7 @@ def walk(root: Path) -> dict[str, str]:
 
 def pjdfstest(tools: Path, store: Path, work: Path) -> None:
     os.chmod(work, 0o755)  # the tests switch to other users, who must reach the mount
-    with staged(store, "pjd", work / "pjd-mnt", "--allow-other") as mnt:
+    with staged(store, "pjd", work / "pjd-mnt", "--allow-other", commit=False) as mnt:
         (mnt / "pjd").mkdir()
         os.chmod(mnt / "pjd", 0o777)
         t = time.perf_counter()
@@ -96,7 +72,7 @@ def fsx(tools: Path, store: Path, work: Path, seeds: int, ops: int) -> None:
     artfs(store, "push", "fsx", str(src))
     for seed in range(1, seeds + 1):
         for label, extra in (("new file", []), ("base file", ["-k"])):
-            with staged(store, "fsx", work / "fsx-mnt") as mnt:
+            with staged(store, "fsx", work / "fsx-mnt", commit=False) as mnt:
                 target = mnt / ("base.bin" if extra else "new.bin")
                 argv = [str(tools / "xfstests/ltp/fsx"), "-q", "-N", str(ops), "-S", str(seed), *extra]
                 argv += ["-l", str(1 << 20), "-P", str(work), str(target)]
@@ -115,7 +91,7 @@ def fsstress(tools: Path, store: Path, work: Path, ops: int) -> None:
     subprocess.run(
         [binary, "-d", str(local), "-n", str(ops), "-p", "4", "-s", "1"], check=True, capture_output=True
     )
-    with staged(store, "stress", work / "stress-mnt", commit=True) as mnt:
+    with staged(store, "stress", work / "stress-mnt") as mnt:
         t = time.perf_counter()
         subprocess.run([binary, "-d", str(mnt / "t"), "-n", str(ops), "-p", "4", "-s", "1"], check=True,
                        capture_output=True)  # fmt: skip
