@@ -182,7 +182,16 @@ def serve(options: MountOptions) -> None:
                 log.info("serving %s on %s (cache %s)", backend.url, mountpoint, cache.root)
                 notify(f"READY=1\nSTATUS=serving {backend.url}\nMAINPID={os.getpid()}")
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # a commit that failed at unmount, out of the nurseries
+        errors, others = group.split(ArtfsError)
+        if errors is None or others is not None:
+            raise
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     log.info("%s: unmounted", mountpoint)
 
 

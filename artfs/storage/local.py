@@ -39,6 +39,7 @@ from ..names import validate_path
 from .base import Backend, ObjectInfo, Payload
 
 CHUNK = 4 * 1024 * 1024
+ZEROS = bytes(CHUNK)
 STALE_TMP = 24 * 3600  # seconds
 ROUND = 50_000  # files a batch publishes at once
 log = logging.getLogger(__name__)
@@ -136,11 +137,20 @@ class LocalBackend(Backend):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
+                end, holes = 0, False
                 for chunk in chunks:
+                    end += len(chunk)
+                    hasher.update(chunk)
+                    # a hole stays a hole, as cp makes it (bytes: comparing a memoryview is slow)
+                    if len(chunk) == CHUNK and isinstance(chunk, bytes) and chunk == ZEROS:
+                        os.lseek(fd, CHUNK, os.SEEK_CUR)
+                        holes = True
+                        continue
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-                    hasher.update(chunk)
+                if holes:
+                    os.ftruncate(fd, end)  # a hole at the end
                 if durable:
                     os.fsync(fd)
             finally:
