@@ -39,10 +39,30 @@ from ..names import validate_path
 from .base import Backend, ObjectInfo, Payload
 
 CHUNK = 4 * 1024 * 1024
-ZEROS = bytes(CHUNK)
+HOLE = 64 * 1024  # a run of zeros this long and aligned is left a hole
+ZEROS = bytes(HOLE)
 STALE_TMP = 24 * 3600  # seconds
 ROUND = 50_000  # files a batch publishes at once
 log = logging.getLogger(__name__)
+
+
+def _write_sparse(fd: int, chunk: bytes | memoryview, at: int) -> bool:
+    """Write `chunk` at `at`, leaving its aligned HOLE-long runs of zeros holes, as cp does (a
+    staged file written at scattered offsets of a 100 GB size stays small); True if any was."""
+    view, start, holes = memoryview(chunk), 0, False
+    if isinstance(chunk, bytes):  # comparing a memoryview is slow; a bytes slice is a memcmp
+        for pos in range(0, len(chunk) - HOLE + 1, HOLE):
+            if chunk[pos : pos + HOLE] == ZEROS:
+                _pwrite_all(fd, view[start:pos], at + start)
+                start, holes = pos + HOLE, True
+    _pwrite_all(fd, view[start:], at + start)
+    return holes
+
+
+def _pwrite_all(fd: int, view: memoryview, at: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
 
 
 def _etag(data: bytes | bytearray | memoryview) -> str:
@@ -139,16 +159,9 @@ class LocalBackend(Backend):
             try:
                 end, holes = 0, False
                 for chunk in chunks:
-                    end += len(chunk)
                     hasher.update(chunk)
-                    # a hole stays a hole, as cp makes it (bytes: comparing a memoryview is slow)
-                    if len(chunk) == CHUNK and isinstance(chunk, bytes) and chunk == ZEROS:
-                        os.lseek(fd, CHUNK, os.SEEK_CUR)
-                        holes = True
-                        continue
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    holes |= _write_sparse(fd, chunk, end)
+                    end += len(chunk)
                 if holes:
                     os.ftruncate(fd, end)  # a hole at the end
                 if durable:
