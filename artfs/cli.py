@@ -913,6 +913,9 @@ def umount(mountpoint: Path, timeout: float, as_json: bool) -> None:
         stage.remove()
 
 
+NOTES_SHOWN = 20  # what a commit could not carry, printed; all of them go to a file
+
+
 def report_commit(stage: StageSession, as_json: bool) -> None:
     """What a stage's last commit made, or why it failed (then exit non-zero)."""
     outcome, sid = stage.info.outcome, stage.info.id
@@ -929,8 +932,15 @@ def report_commit(stage: StageSession, as_json: bool) -> None:
         click.echo(version if outcome.get("created") else f"unchanged: {version}")
     for alias in outcome.get("aliases_moved", []):
         click.echo(f"artfs: alias {alias} now names {version}", err=True)
-    for note in outcome.get("notes", []):
+    notes = outcome.get("notes", [])
+    for note in notes[:NOTES_SHOWN]:
         click.echo(f"artfs: {note}", err=True)
+    if len(notes) > NOTES_SHOWN:  # fsstress leaves thousands: the rest go to a file
+        from .config import state_dir
+
+        path = state_dir() / "logs" / f"commit-{sid}.notes"
+        path.write_text("".join(f"{note}\n" for note in notes))
+        click.echo(f"artfs: … and {len(notes) - NOTES_SHOWN:,} more: {path}", err=True)
     return None
 
 

@@ -169,11 +169,24 @@ def test_a_first_stage_creates_the_store_and_special_files_stay_in_the_session(
         else:
             assert os.stat(s.path / "huge").st_size == 999_999_999_999_999
         f.truncate(3)
+    with open(s.path / "sparse", "wb") as f:  # a byte at the end of 1 GiB stays a hole in the store
+        f.seek(1 << 30)
+        f.write(b"end")
+    for i in range(24):
+        os.mkfifo(s.path / f"p{i:02}")
     done = s.umount()
     assert done.stdout.strip() == "fresh:v0"
-    assert "left out: pipe: a fifo" in done.stderr and "left out: sock: a socket" in done.stderr
-    files = run_cli("files", "fresh:v0", store=store_url).stdout
+    # 26 notes: the first 20 printed, all of them in a file named on the last line
+    shown = [line for line in done.stderr.splitlines() if line.startswith("artfs: left out: ")]
+    assert len(shown) == 20 and "left out: p00: a fifo" in done.stderr
+    notes = Path(done.stderr.strip().splitlines()[-1].split("… and 6 more: ")[1]).read_text()
+    assert "left out: pipe: a fifo" in notes and "left out: sock: a socket" in notes
+    assert len(notes.splitlines()) == 26
+    listed = json.loads(run_cli("files", "fresh:v0", "--json", store=store_url).stdout)
+    files = {f["path"]: f for f in listed}
     assert "huge" in files and "pipe" not in files and "sock" not in files
+    blob = tmp_path / "new-store" / "blobs" / files["sparse"]["hash"][:2] / files["sparse"]["hash"]
+    assert blob.stat().st_size == (1 << 30) + 3 and blob.stat().st_blocks * 512 < 1 << 20
 
 
 def test_commit_while_mounted_goes_on_staging(store_url: str, rich_tree: Path, stage: StageFactory) -> None:
