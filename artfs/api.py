@@ -24,6 +24,7 @@ from .cache import BlockCache
 from .catalog import Catalog, VersionRecord
 from .commit import CommitResult, DirSource, Part, commit
 from .config import StoreConfig, default_cache_dir, default_store_url
+from .digest import StreamHasher
 from .errors import (
     ArtifactNotFoundError,
     InvalidInputError,
@@ -36,6 +37,7 @@ from .manifest import EMPTY_DIGEST, Difference, Entry, Manifest
 from .names import LATEST, Ref, join_path, validate_alias, validate_name, validate_path
 from .progress import ProgressFactory, silent
 from .reader import FileReader
+from .refs import drift, reference
 from .sources import LocalFile, ScanOptions, Source, source_for
 from .storage import normalize_url, open_backend
 from .tree import Tree, diff, version_tree
@@ -224,6 +226,15 @@ class Artifact:
             DirSource(local, prefix, ScanOptions(tuple(exclude), dereference, one_file_system))
         )
 
+    def add_reference(
+        self, uri: str, name: str | None = None, checksum: bool = True, max_objects: int | None = None
+    ) -> None:
+        """Add the file or the objects at `uri` (s3://, gs://, http(s)://, file:// or a path)
+        as references: nothing is uploaded; each is pinned and read from where it is. Named as
+        W&B's add_reference names them (refs.py); a prefix holding more than `max_objects`
+        (default 10,000) objects is an error when the artifact is logged, when it is listed."""
+        self._parts.append(reference(uri, name, checksum, max_objects))
+
     @contextlib.contextmanager
     def new_file(self, name: str, mode: str = "w", encoding: str | None = None) -> Iterator[IO[Any]]:
         """Write a file that becomes part of the artifact when the `with` block ends."""
@@ -267,6 +278,14 @@ class ArtifactFile:
     def mode(self) -> int:
         """0o755 or 0o644: a version records whether a file is executable, as git does."""
         return self.entry.mode
+
+    @property
+    def last_modified(self) -> datetime:
+        return datetime.fromtimestamp(self.entry.mtime / 1e9, UTC)
+
+    def ref(self) -> str | None:
+        """The URI of a reference (W&B's Entry.ref()); None for a stored file."""
+        return self.entry.source or None
 
     def open(self) -> io.BufferedReader:
         return self.version.open(self.path)
@@ -451,9 +470,30 @@ class Version:
         self, root: str | os.PathLike[str], exclude: Iterable[str] = (), progress: ProgressFactory = silent
     ) -> list[Difference]:
         """Every difference between `root` and this version (empty when they match), hashing
-        every file: missing, extra, modified, mode (executable or not), type, target. What a
-        push leaves out (a `.artfsignore` at the top, `exclude`) is left out here too."""
-        return differences(self.manifest, Path(root), exclude, progress)
+        every file: missing, extra, modified, mode (executable or not), type, target; and the
+        references whose origin drifted or vanished (`drifted`). What a push leaves out (a
+        `.artfsignore` at the top, `exclude`) is left out here too. A reference whose content
+        was not hashed when tracked is compared with its pinned bytes, read from the origin."""
+        found = differences(self.manifest, Path(root), exclude, progress, self._pinned_content)
+        return sorted(found + self.drifted(), key=lambda d: d.path)
+
+    def drifted(self) -> list[Difference]:
+        """The references whose origin no longer holds the bytes they pinned ("drifted": other
+        bytes, even where a versioned bucket still serves the pinned ones; "vanished": none),
+        found by asking each origin about its objects, without reading them."""
+        blobs = self.store.blobs
+        out = []
+        for e in self.manifest:
+            why = drift(e, blobs.origins, blobs.block_size) if e.source else None
+            if why is not None:
+                out.append(Difference(e.path, "vanished" if why == "gone" else "drifted", why))
+        return out
+
+    def _pinned_content(self, entry: Entry) -> str:
+        hasher = StreamHasher(self.store.blobs.block_size)
+        for block in self.store.blobs.iter_blocks(entry):
+            hasher.update(block)
+        return hasher.digest().hash
 
     def verify(self, root: str | os.PathLike[str] | None = None, progress: ProgressFactory = silent) -> None:
         """Raise VerificationError (a ValueError, as W&B's verify raises) listing the

@@ -24,9 +24,15 @@ from typing import Protocol
 
 from . import keys
 from .digest import FileDigest, StreamHasher, hash_bytes
-from .errors import ContentChangedError, CorruptDataError, ObjectNotFoundError, PreconditionFailedError
+from .errors import (
+    ContentChangedError,
+    CorruptDataError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+)
 from .manifest import Entry, Manifest
 from .storage import Backend
+from .storage.origins import Origins
 from .workers import checkpoint
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,7 @@ class BlobStore:
         self.backend = backend
         self.block_size = block_size
         self.packs = not self.on_this_machine  # small files go into packs (see the docstring)
+        self.origins = Origins()  # where references' bytes are read from
         self._objects = _Objects(OBJECT_CACHE)
         self.objects_read = 0  # tree objects read from the store, and their bytes (for stats)
         self.object_bytes_read = 0
@@ -134,17 +141,28 @@ class BlobStore:
         return [replace(e, pack=name, offset=o) for e, o in zip(entries, offsets, strict=False)]
 
     def read_block(self, entry: Entry, index: int) -> bytes:
-        """Block `index` of a file's content, verified against the manifest."""
+        """Block `index` of a file's content, verified against the manifest (a reference whose
+        content was not hashed: read as pinned, see storage/origins.py)."""
         key, offset, length = self.location(entry, index)
         if length <= 0:
             return b""
         data = self._get(key, offset, length, entry)
-        check_block(entry, index, self.block_size, data, self.backend.url)
+        if not entry.source:
+            check_block(entry, index, self.block_size, data, self.backend.url)
+        elif not self._intact(entry, index, data):  # hashed when tracked: the bytes tell
+            raise self.origins.of(entry.source).stale(entry.source, entry.pins, index)
         return data
 
+    def _intact(self, entry: Entry, index: int, data: bytes | memoryview) -> bool:
+        _, length, expected = entry.block(index, self.block_size)
+        return len(data) == length and (not entry.content_known or hash_bytes(data) == expected)
+
     def location(self, entry: Entry, index: int) -> tuple[str, int, int]:
-        """Where block `index` of a file's content is: store key, offset, length."""
+        """Where block `index` of a file's content is: store key (a reference's: its own key,
+        never one of the store's), offset, length."""
         start, length, _ = entry.block(index, self.block_size)
+        if entry.source:
+            return f"ref:{entry.hash}", start, length
         if entry.pack:
             return keys.pack(entry.pack), entry.offset + start, length
         return keys.blob(entry.hash), start, length
@@ -160,7 +178,7 @@ class BlobStore:
         out: dict[tuple[str, int], bytes | memoryview] = {}
         for (e, i), (_, start, length) in zip(pieces, where, strict=True):
             data = span[start - first : start - first + length]
-            if len(data) == length and hash_bytes(data) == e.block(i, self.block_size)[2]:
+            if self._intact(e, i, data):
                 # blocks are views of the span (no copy); small files are copied, so that one
                 # kept in memory does not keep a whole pack's span alive
                 out[e.hash, i] = data if length >= VIEW_MIN else bytes(data)
@@ -216,6 +234,8 @@ class BlobStore:
         return out
 
     def _get(self, key: str, start: int, length: int, entry: Entry) -> bytes:
+        if entry.source:
+            return self.origins.of(entry.source).read(entry.source, entry.pins, start, length)
         try:
             return self.backend.get_range(key, start, length)
         except ObjectNotFoundError:
@@ -224,7 +244,7 @@ class BlobStore:
 
     def local_path(self, entry: Entry) -> str | None:
         """Where a file's content can be read in place (a blob of a file:// store), else None."""
-        return None if entry.pack else self.backend.local_path(keys.blob(entry.hash))
+        return None if entry.pack or entry.source else self.backend.local_path(keys.blob(entry.hash))
 
     @property
     def on_this_machine(self) -> bool:

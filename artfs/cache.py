@@ -5,6 +5,10 @@ Layout under the cache directory (`$ARTFS_CACHE`, default `$XDG_CACHE_HOME/artfs
     blocks/<block_size>/ab/<hash>            a sparse file the size of the blob
     blocks/<block_size>/ab/<hash>.present    one byte per block: 1 = the block was written
     blocks/<block_size>/ab/<hash>            a small blob (≤ MAP_MIN), whole: no .present
+    blocks/<block_size>/ab/<key>.sums        a reference whose content was never hashed (keyed
+                                             by URI and pin): 16 bytes per block, the xxh3-128
+                                             of the block as it was fetched, pinned, from its
+                                             origin; what is read back is checked against it
     pins/<store-id>-<name>:v<N>.json         blobs a pinned version needs; never evicted
 
 Blobs are content-addressed, so blocks are shared by every version and every store that holds the
@@ -62,6 +66,7 @@ DEFAULT_SHARE = 0.25  # of the free space where the cache lives, when no --cache
 EVICT_TO = 0.9  # an eviction pass frees space down to this share of the budget
 MAP_MIN = 256 * 1024  # blobs bigger than this are memory-mapped; smaller ones cached whole
 STALE_TMP = 3600  # seconds after which a temporary file in the cache is a crash's leftover
+SUM = 16  # bytes of a learned block hash (xxh3-128)
 RECENT_BYTES = 256 * 1024 * 1024  # blocks kept in memory once fetched or read (see `recall`)
 DIRECT_ALIGN = 4096  # O_DIRECT writes: offsets, lengths and buffers aligned to this
 RECORD_BYTES = 4096  # disk space a blob's .present record takes once written (one fs block)
@@ -242,6 +247,10 @@ class CachedBlob(_FileBlob):
         super().__init__(entry, cache.block_size, fd)
         n = len(self.verified)
         self.present = bytearray(os.pread(self._present_fd, n, 0).ljust(n, b"\0"))
+        self._sums_fd = -1  # a reference's learned block hashes (see the module docstring)
+        if not entry.content_known:
+            self._sums_fd = os.open(f"{path}.sums", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+            self._sums = bytearray(os.pread(self._sums_fd, SUM * n, 0).ljust(SUM * n, b"\0"))
         os.utime(self._present_fd)  # the LRU clock: last opened
         self._path = path
 
@@ -278,7 +287,10 @@ class CachedBlob(_FileBlob):
         os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_WILLNEED)  # one read, not a fault a page
         data = self._serve(start, length)
         try:
-            check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
+            if self._sums_fd < 0:
+                check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
+            elif xxhash.xxh3_128_digest(data) != self._sums[SUM * index : SUM * (index + 1)]:
+                raise CorruptDataError(f"{self.entry.path}: cached block {index} is corrupt")
         except CorruptDataError:
             log.warning(
                 "cached block %d of blob %s was torn or damaged; fetching it again", index, self.entry.hash
@@ -297,6 +309,10 @@ class CachedBlob(_FileBlob):
     def keep(self, index: int, data: Buffer) -> None:
         def write() -> None:
             self._write(data, index * self.block_size)
+            if self._sums_fd >= 0:
+                digest = xxhash.xxh3_128_digest(data)
+                os.pwrite(self._sums_fd, digest, SUM * index)
+                self._sums[SUM * index : SUM * (index + 1)] = digest
             os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
 
         # A record's first byte takes a filesystem block of its own: account for it with the data.
@@ -330,6 +346,8 @@ class CachedBlob(_FileBlob):
 
     def close(self) -> None:
         os.close(self._present_fd)
+        if self._sums_fd >= 0:
+            os.close(self._sums_fd)
         super().close()  # drops the shared lock: evictable again
 
 
@@ -502,7 +520,7 @@ class BlockCache:
             self.stats.update(more)
 
     def open(self, entry: Entry, fetch: Callable[[int], bytes], pinned: bool = False) -> BlobFile:
-        if entry.size <= min(MAP_MIN, self.block_size):
+        if entry.size <= min(MAP_MIN, self.block_size) and entry.content_known:
             return SmallBlob(self, entry, fetch, pinned)
         return CachedBlob(self, entry, fetch, pinned)
 
@@ -519,7 +537,7 @@ class BlockCache:
                         if time.time() - path.stat().st_mtime > STALE_TMP:
                             path.unlink()
                     continue
-                if name.endswith(".present"):
+                if name.endswith((".present", ".sums")):
                     continue
                 try:
                     st = path.stat()
@@ -528,6 +546,8 @@ class BlockCache:
                 try:  # the record's disk space counts too: the budget is what `du` says
                     record = os.stat(f"{path}.present")
                     last, size = record.st_mtime, (st.st_blocks + record.st_blocks) * 512
+                    with contextlib.suppress(FileNotFoundError):
+                        size += os.stat(f"{path}.sums").st_blocks * 512
                 except FileNotFoundError:
                     last, size = st.st_mtime, st.st_blocks * 512  # a small blob: its own clock
                 out.append(CachedBlobInfo(name, size, last))
@@ -686,10 +706,9 @@ def _try_remove(path: Path) -> bool:
             return False
         # The .present record goes first: a reader that opens the blob between the two unlinks
         # finds no record and starts empty, never trusting blocks of a file about to vanish.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{path}.present")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        for gone in (f"{path}.present", f"{path}.sums", path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(gone)
         return True
     finally:
         os.close(fd)

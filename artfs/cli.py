@@ -16,7 +16,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -43,8 +43,9 @@ from .daemon import (
 from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError
 from .logs import redact
 from .logs import setup as setup_logging
-from .manifest import Difference
+from .manifest import Difference, Entry
 from .names import LATEST, Ref
+from .refs import MAX_OBJECTS
 from .staging.session import Session as StageSession
 from .staging.session import SessionInfo as StageInfo
 from .staging.tree import Change
@@ -371,6 +372,11 @@ def push(
     v = store_of(ctx).log_artifact(
         art, aliases, on_conflict=on_conflict, delete_aliases=delete_aliases, progress=progress_bar
     )
+    report_logged(v, name, as_json)
+
+
+def report_logged(v: Version, name: str, as_json: bool) -> None:
+    """What a push or track made: NAME:vN, or what it did instead."""
     result = v.commit
     assert result is not None
     if as_json:
@@ -396,6 +402,71 @@ def push(
             click.echo(f"artfs: {note}", err=True)
     if result.skipped:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("uris", metavar="URI...", nargs=-1, required=True)
+@click.option(
+    "--name",
+    "prefix",
+    metavar="PATH",
+    help="Where in the version: a single object's path (ending in / : a folder it goes in), or "
+    "the folder a prefix's objects go under (default: the object's basename; a prefix's objects "
+    "at the root).",
+)
+@click.option(
+    "--no-checksum",
+    is_flag=True,
+    help="Pin by size and modification time only (no ETag, generation or content hash): "
+    "faster for local files, which are otherwise hashed; such entries are flagged weak.",
+)
+@click.option(
+    "--max-objects",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help=f"Most objects a prefix or folder may hold (default {MAX_OBJECTS:,}); more is an error, "
+    "never a partial version.",
+)
+@click.option("-t", "--type", "type_", metavar="TYPE", help="dataset, model, … (default: dataset).")
+@description_option
+@metadata_option
+@alias_option
+@json_option
+@click.pass_context
+def track(
+    ctx: click.Context,
+    name: str,
+    uris: tuple[str, ...],
+    prefix: str | None,
+    no_checksum: bool,
+    max_objects: int | None,
+    type_: str | None,
+    description: str,
+    metadata: tuple[str, ...],
+    aliases: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Commit references as the next version of NAME: files that stay where they are.
+
+    URIs are s3://bucket/key, gs://bucket/key, http(s)://host/path, file:///path or a plain
+    path. Nothing is uploaded: each file is pinned (S3 ETag and VersionId, GCS generation, HTTP
+    ETag or Last-Modified, a local file's size, mtime and content hash) and the mount reads it
+    from where it is, by range, never serving other bytes than the pinned ones. A prefix or
+    folder expands to the objects under it, by listing. Tracking the same unchanged objects
+    again prints "unchanged: NAME:vK". Names follow W&B's add_reference.
+
+    \b
+    Examples:
+      artfs track raw-images s3://my-bucket/images --name images -a source
+      artfs track weights https://example.com/model.safetensors
+      artfs track scans /mnt/nfs/scans --no-checksum
+    """
+    art = Artifact(name, type=type_, description=description, metadata=parse_metadata(metadata))
+    for uri in uris:
+        art.add_reference(uri, name=prefix, checksum=not no_checksum, max_objects=max_objects)
+    v = store_of(ctx).log_artifact(art, aliases, progress=progress_bar)
+    report_logged(v, name, as_json)
 
 
 @main.command("ls")
@@ -529,7 +600,9 @@ def edit(
 @json_option
 @click.pass_context
 def files(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """List the files of a version with size, mode and content hash (xxh3-128, as xxh128sum).
+    """List the files of a version: mode, size, content hash (xxh3-128, as xxh128sum), last
+    modified, path, and for a reference the URI its bytes stay at ("weak": pinned by size and
+    modification time only). --json adds each reference's pin.
 
     \b
     Example:
@@ -537,17 +610,28 @@ def files(ctx: click.Context, ref: str, as_json: bool) -> None:
     """
     v = store_of(ctx).artifact(ref)
     if as_json:
-        return emit_json([e.to_dict() for e in v.manifest])
-    t = table("MODE", "SIZE", "HASH", "PATH")
+        return emit_json([{**e.to_dict(), **_file_times(e)} for e in v.manifest])
+    t = table("MODE", "SIZE", "HASH", "LAST MODIFIED", "PATH", "SOURCE")
     for e in v.manifest:
         if e.kind == "link":
-            t.add_row("link", "", "", f"{e.path} -> {e.target}")
+            t.add_row("link", "", "", "", f"{e.path} -> {e.target}", "")
         elif e.kind == "dir":
-            t.add_row("dir", "", "", f"{e.path}/")
+            t.add_row("dir", "", "", "", f"{e.path}/", "")
         else:
-            t.add_row(f"{e.mode:o}", human_size(e.size), e.hash[:12], e.path)
+            source = f"{redact(e.source)}{' (weak)' if e.weak else ''}"
+            modified = _file_times(e)["last_modified"][:19].replace("T", " ")
+            t.add_row(f"{e.mode:o}", human_size(e.size), e.hash[:12], modified, e.path, source)
     out.print(t)
     return None
+
+
+def _file_times(e: Entry) -> dict[str, Any]:
+    if e.kind != "file":
+        return {}
+    extra: dict[str, Any] = {"last_modified": datetime.fromtimestamp(e.mtime / 1e9, UTC).isoformat()}
+    if e.source:
+        extra["weak"] = e.weak
+    return extra
 
 
 @main.command()
@@ -568,7 +652,7 @@ def cat(ctx: click.Context, ref: str, path: str) -> None:
 
 
 def differences_json(diffs: list[Difference]) -> list[dict[str, str]]:
-    return [{"path": d.path, "change": d.change} for d in diffs]
+    return [{"path": d.path, "change": d.change, **({"detail": d.detail} if d.detail else {})} for d in diffs]
 
 
 @main.command()
@@ -674,11 +758,24 @@ def checkout(ctx: click.Context, ref: str, dest: Path, dry_run: bool, force: boo
 
 @main.command()
 @ref_argument
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave out what matches (as push does).")
+@click.option(
+    "--references",
+    is_flag=True,
+    help="Check only that the origins of the version's references still hold what they pinned "
+    "(no DIRECTORY, nothing read but listings and HEADs).",
+)
 @json_option
 @click.pass_context
-def verify(ctx: click.Context, ref: str, directory: Path, exclude: tuple[str, ...], as_json: bool) -> None:
+def verify(
+    ctx: click.Context,
+    ref: str,
+    directory: Path | None,
+    exclude: tuple[str, ...],
+    references: bool,
+    as_json: bool,
+) -> None:
     """Check DIRECTORY against a version, hashing every file; exit 1 and list the differences
     when it does not match.
 
@@ -687,18 +784,24 @@ def verify(ctx: click.Context, ref: str, directory: Path, exclude: tuple[str, ..
     directory, …), target (a symlink's), mode. A version records whether a file is executable
     (755) or not (644), as git does, so mode differs only when that does: 600 and 644 match.
     What a push would leave out (a .artfsignore at the top, --exclude) is left out here too.
+    References are checked at their origin as well: drifted (other bytes there now, even where
+    a versioned bucket still serves the pinned ones) or vanished.
 
     \b
-    Example:
+    Examples:
       artfs verify bike-dataset:latest ./data
+      artfs verify raw-images:v3 --references
     """
+    if (directory is None) != references:
+        raise click.UsageError("give a DIRECTORY to check, or --references (and no DIRECTORY)")
     v = store_of(ctx).artifact(ref)
-    diffs = v.differences(directory, exclude, progress=progress_bar)
+    diffs = v.drifted() if directory is None else v.differences(directory, exclude, progress=progress_bar)
+    where = directory or "the references' origins"
     if as_json:
         emit_json(
             {
                 "version": v.qualified_name,
-                "root": str(directory),
+                "root": str(where),
                 "matches": not diffs,
                 "differences": differences_json(diffs),
             }
@@ -707,11 +810,10 @@ def verify(ctx: click.Context, ref: str, directory: Path, exclude: tuple[str, ..
         for d in diffs:
             click.echo(str(d))
         if diffs:
-            click.echo(
-                f"{directory} differs from {v.qualified_name} in {plural(len(diffs), 'path')}", err=True
-            )
+            differ = "differs" if directory else "differ"
+            click.echo(f"{where} {differ} from {v.qualified_name} in {plural(len(diffs), 'path')}", err=True)
         else:
-            click.echo(f"{directory} matches {v.qualified_name}")
+            click.echo(f"{where} {'matches' if directory else 'match'} {v.qualified_name}")
     if diffs:
         sys.exit(1)
 

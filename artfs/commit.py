@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from . import keys
+from . import keys, refs
 from ._version import __version__
 from .blobs import BlobStore
 from .catalog import Catalog, VersionRecord
@@ -53,6 +53,7 @@ from .errors import (
 from .manifest import BlockHashes, Entry, chunk_objects, encode_dir, normal_mode
 from .names import LATEST, join_path, validate_alias, validate_name
 from .progress import Bar, ProgressFactory, extend, silent
+from .refs import Reference
 from .sources import LocalFile, OpenDir, ScanOptions, Source, Walk
 from .statcache import StatCache
 from .tree import Tree, version_tree
@@ -78,7 +79,7 @@ class DirSource:
     options: ScanOptions = field(default_factory=ScanOptions)
 
 
-Part = DirSource | Source  # a directory to walk, or one file (or link, or empty dir) at its path
+Part = DirSource | Source | Reference  # a directory to walk, one file (or link, or empty dir), a URI
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,9 @@ class TreeWriter:
         for part in parts:
             if isinstance(part, DirSource):
                 items.append(self._walk(part))
+            elif isinstance(part, Reference):
+                found = refs.entries(part, self.blobs.origins, self.blobs.block_size, self.hashing)
+                items += [self._place(e) for e in found]
             else:
                 items.append(self._single(part))
         root = self._assemble(items)

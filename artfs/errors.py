@@ -10,7 +10,8 @@
     │   ├── ArtifactNotFoundError
     │   ├── VersionNotFoundError
     │   ├── StoreNotFoundError      no artfs store at that URL yet
-    │   └── SourceNotFoundError     a local PATH given to push does not exist
+    │   ├── SourceNotFoundError     a local PATH given to push does not exist
+    │   └── ReferenceGoneError      EIO: a reference's origin object is gone (a listed file fails)
     ├── ConflictError               exit 5, EEXIST
     │   ├── PreconditionFailedError put-if-absent / compare-and-swap lost
     │   ├── ArtifactExistsError     --on-conflict error
@@ -18,6 +19,7 @@
     │   ├── VersionInUseError       aliases still point at a version being deleted
     │   └── ContentChangedError     a source file changed while it was being pushed
     ├── CorruptDataError            exit 6, EIO      bytes whose hash does not match their name
+    │   └── StaleReferenceError     ESTALE: a reference's origin holds other bytes than it pinned
     ├── VerificationError           exit 1           a directory differs from a version (also a
     │                                                ValueError, as W&B's verify raises)
     ├── FsError                     exit 3, its own  a staging tree refused an operation (ENOTEMPTY, …)
@@ -85,6 +87,10 @@ class SourceNotFoundError(NotFoundError):
     pass
 
 
+class ReferenceGoneError(NotFoundError):
+    errno = _errno.EIO
+
+
 class ConflictError(ArtfsError):
     errno = _errno.EEXIST
     exit_code = 5
@@ -114,6 +120,10 @@ class ContentChangedError(ConflictError):
 
 class CorruptDataError(ArtfsError):
     exit_code = 6
+
+
+class StaleReferenceError(CorruptDataError):
+    errno = _errno.ESTALE
 
 
 class VerificationError(ArtfsError, ValueError):

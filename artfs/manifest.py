@@ -7,6 +7,7 @@ object*: JSON lines, a header and then one compact array per child, sorted by na
     ["d","images","<tree key>","<digest>",<bytes below>,<files below>]
     ["f","a.csv",420,12,<mtime ns>,"<content hash>",["<chunk>",…],"<pack>",<offset>]
     ["l","latest","a.csv"]
+    ["f","raw.csv",420,12,<mtime ns>,"<hash>",[…],"",0,"s3://bucket/raw.csv",{<pin>}]   a reference
 
 A directory of more than PAGE_MIN children is split into pages, each a tree object, where the
 name's xxh3-64 is 0 modulo PAGE_FACTOR (or after PAGE_MAX children): the boundaries depend on
@@ -22,6 +23,15 @@ are kept, never how it is paged: the version's digest is the root's, so identica
 identical digests (W&B's no-op rule), and two versions are compared by comparing digests of
 subtrees, skipping equal ones.
 
+A *reference* (DESIGN §2b) is a file whose bytes stay at its `source` URI, with the `pin` that
+names the bytes it meant (S3 ETag and VersionId, GCS generation, HTTP ETag or Last-Modified, a
+local file's size and mtime, and the content's xxh3 where it was read). Its `hash` is the content
+hash where the content was read when it was tracked (a local file, checksummed: its blocks are
+then verified like a blob's), else the *reference key*, xxh3-128 of source and pin, which the
+cache keys its blocks by, so a changed object can never be served from blocks of the old one. Its
+digest line covers source and pin but not the times in the pin (touching a file that was
+checksummed changes no digest).
+
 Format 1, stores written before: one JSON document per version, read as before:
     {"format": 1, "block_size": 4194304, "entries": [
         {"kind": "file", "path": "a/b.csv", "size": 12, "mode": 420, "hash": "…", "mtime": ns,
@@ -36,6 +46,7 @@ a whole version's entries in path order (what download and checkout walk).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -120,6 +131,27 @@ def chunk_objects(blocks: Sequence[str]) -> list[tuple[str, bytes]]:
     return out
 
 
+REFERENCE_SCHEMES = ("file://", "s3://", "gs://", "http://", "https://")
+_VOLATILE = ("modified", "mtime_ns", "metageneration")  # change when no byte does
+
+
+def pin_text(pin: dict[str, Any]) -> str:
+    """A pin as it is stored and hashed: compact JSON, keys sorted."""
+    return json.dumps(pin, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def pin_identity(pin: dict[str, Any]) -> str:
+    """What a digest covers of a pin: all of it but the times, unless a time is all that says
+    which bytes it meant (a file tracked without a checksum, a server that sends no ETag)."""
+    strong = any(k in pin for k in ("xxh3", "etag", "generation"))
+    return pin_text({k: v for k, v in pin.items() if not (strong and k in _VOLATILE)})
+
+
+def ref_key(source: str, pin: str) -> str:
+    """The cache key of a reference whose content is not known: its URI and pin."""
+    return hash_bytes(f"ref\0{source}\0{pin}".encode("utf-8", "surrogateescape"))
+
+
 @dataclass(frozen=True)
 class Entry:
     """One path of a version: a file (content hash), a symlink (target) or a directory (in
@@ -139,10 +171,14 @@ class Entry:
     tree: str = ""  # a format-2 directory: the key of its tree object
     digest: str = ""  # a format-2 directory: the digest of what is in it
     files: int = 0  # a format-2 directory: how many files are below it
+    source: str = ""  # a reference: the URI its bytes stay at
+    pin: str = ""  # a reference: what identifies those bytes, canonical JSON (see `pin_text`)
 
     def __post_init__(self) -> None:
         if self.path or self.kind != "dir":  # "": a version's root directory, never in a manifest
             validate_path(self.path)
+        if self.source:
+            self._check_reference()
         if self.kind == "file":
             blocks = self.blocks.chunks if isinstance(self.blocks, BlockHashes) else self.blocks
             hashes = (self.hash, *blocks, *((self.pack,) if self.pack else ()))
@@ -158,6 +194,42 @@ class Entry:
                 raise CorruptDataError(f"{self.path!r}: {self.tree!r} is not a tree object key")
         else:
             raise InvalidPathError(f"{self.path!r}: unknown entry kind {self.kind!r}")
+
+    def _check_reference(self) -> None:
+        """A hostile reference must not name a blob's cache key or an unknown scheme."""
+        if not isinstance(self.pins, dict) or pin_text(self.pins) != self.pin:
+            raise CorruptDataError(f"{self.path!r}: malformed pin {self.pin[:200]!r}")
+        if self.kind != "file" or (self.blocks and not self.content_known) or self.pack:
+            raise CorruptDataError(f"{self.path!r}: a reference is a file with no blocks stored")
+        if (
+            not self.source.startswith(REFERENCE_SCHEMES)
+            or len(self.source) > 8192
+            or any(c in self.source for c in "\0\n\r")
+        ):
+            raise CorruptDataError(f"{self.path!r}: {self.source[:200]!r} is not a reference URI")
+        expected = self.pins["xxh3"] if self.content_known else ref_key(self.source, self.pin)
+        if self.hash != expected:
+            raise CorruptDataError(f"{self.path!r}: the reference's hash is not that of its pin")
+
+    @functools.cached_property
+    def pins(self) -> dict[str, Any]:
+        """The pin, as a dict ({} for a stored file)."""
+        try:
+            pin = json.loads(self.pin) if self.pin else {}
+        except ValueError:
+            return None  # type: ignore[return-value]  # refused by _check_reference
+        return pin if isinstance(pin, dict) else None  # type: ignore[return-value]
+
+    @property
+    def content_known(self) -> bool:
+        """Stored, or a reference whose content was hashed when it was tracked (then its
+        `hash` and `blocks` verify what is read, as a blob's do)."""
+        return not self.source or "xxh3" in self.pins
+
+    @property
+    def weak(self) -> bool:
+        """A reference pinned by size and modification time only (tracked --no-checksum)."""
+        return bool(self.source) and bool(self.pins.get("weak"))
 
     @property
     def name(self) -> str:
@@ -185,7 +257,9 @@ class Entry:
     def tree_identity(self) -> bytes:
         """What a format-2 directory's digest covers of this child: kind, mode, content (a
         file's hash, a link's target, a directory's digest) and name, never mtimes."""
-        if self.kind == "file":
+        if self.kind == "file" and self.source:
+            line = f"ref\0{self.mode:o}\0{self.source}\0{pin_identity(self.pins)}\0{self.name}\0"
+        elif self.kind == "file":
             line = f"file\0{self.mode:o}\0{self.hash}\0{self.name}\0"
         elif self.kind == "link":
             line = f"link\0\0{self.target}\0{self.name}\0"
@@ -210,6 +284,8 @@ class Entry:
             d["blocks"] = list(self.blocks)
         if self.pack:
             d["pack"], d["offset"] = self.pack, self.offset
+        if self.source:
+            d["source"], d["pin"] = self.source, self.pins
         return d
 
     @classmethod
@@ -243,6 +319,8 @@ def encode_line(e: Entry) -> bytes:
         if e.blocks and not chunks:
             raise ValueError(f"{e.path}: block hashes not stored as chunks")
         doc: list[Any] = ["f", e.name, e.mode, e.size, e.mtime, e.hash, chunks, e.pack, e.offset]
+        if e.source:
+            doc += [e.source, e.pins]
     elif e.kind == "link":
         doc = ["l", e.name, e.target]
     else:
@@ -261,7 +339,10 @@ def decode_line(line: bytes | str, parent: str, chunks: ChunkSource, block_size:
             raise InvalidPathError(f"{parent!r}: invalid name {name!r} in a tree object")
         path = f"{parent}/{name}" if parent else name
         if kind == "f":
-            _, _, mode, size, mtime, h, chunk_keys, pack, offset = doc
+            _, _, mode, size, mtime, h, chunk_keys, pack, offset, *reference = doc
+            source, pin = reference or ("", {})
+            if not isinstance(source, str) or not isinstance(pin, dict):
+                raise CorruptDataError(f"{path!r}: a malformed reference")
             size = int(size)
             count = -(-size // block_size)
             blocks: Sequence[str] = ()
@@ -282,6 +363,8 @@ def decode_line(line: bytes | str, parent: str, chunks: ChunkSource, block_size:
                 "",
                 str(pack),
                 int(offset),
+                source=source,
+                pin=pin_text(pin) if source else "",
             )
         if kind == "l":
             return Entry(path, "link", target=str(doc[2]))
@@ -385,10 +468,12 @@ class Difference:
     """One way a tree differs from a version."""
 
     path: str
-    change: str  # missing | extra | modified | type | mode | target (added/removed in diffs)
+    change: str  # missing | extra | modified | type | mode | target (added/removed in diffs);
+    # drifted | vanished: a reference's origin holds other bytes than it pinned, or none
+    detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.change:8} {self.path}"
+        return f"{self.change:8} {self.path}" + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass(frozen=True)

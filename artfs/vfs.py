@@ -372,7 +372,13 @@ class VersionsView:
         if node == INFO_NODE:
             return {}
         entry = self._node_known(inst, node).entry(node)
-        return {"user.artfs.hash": entry.hash.encode()} if entry.kind == FILE else {}
+        if entry.kind != FILE:
+            return {}
+        attrs = {"user.artfs.hash": entry.hash.encode()}
+        if entry.source:  # a reference: where its bytes are, and what pins them
+            attrs["user.artfs.source"], attrs["user.artfs.pin"] = entry.source.encode(), entry.pin.encode()
+            attrs["user.artfs.weak"] = b"1" if entry.weak else b"0"
+        return attrs
 
     # -- files -------------------------------------------------------------------------------
     def _add_handle(self, handle: _Handle) -> int:

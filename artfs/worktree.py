@@ -30,14 +30,20 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .blobs import BlobStore
 from .digest import FileDigest
-from .errors import ConflictError, InvalidInputError
+from .errors import (
+    ArtfsError,
+    ConflictError,
+    InvalidInputError,
+    ReferenceGoneError,
+    StaleReferenceError,
+)
 from .manifest import Difference, Entry, Manifest, normal_mode
 from .progress import Bar, ProgressFactory, silent
 from .sources import ScanOptions, Source, hash_sources, scan
@@ -243,12 +249,22 @@ def _topmost(paths: Iterable[str]) -> list[str]:
 # -- fetching and applying -------------------------------------------------------------------
 def _fetch(
     blobs: BlobStore, entries: list[Entry], staging: Path, progress: ProgressFactory
-) -> dict[str, Path]:
+) -> tuple[dict[str, Path], dict[str, ArtfsError]]:
     """Write these files' contents into `staging` (with their mode and mtime); return where each
-    one is. Packed neighbours come in one GET per span."""
+    one is, and the references whose origin no longer has their bytes (left out: everything
+    else is still written). Packed neighbours come in one GET per span."""
     where = {e.path: staging / str(i) for i, e in enumerate(entries)}
     spans = blobs.spans((e, 0) for e in entries if e.pack)  # grouped by where each file starts
     singles = [e for e in entries if not e.pack]
+    failed: dict[str, ArtfsError] = {}
+
+    def write_single(e: Entry) -> None:
+        try:
+            _write(blobs, e, where[e.path], bar)
+        except (StaleReferenceError, ReferenceGoneError) as error:
+            log.error("%s: %s", e.path, error)
+            failed[e.path] = error
+            where.pop(e.path).unlink(missing_ok=True)
 
     def write_span(span: list[tuple[Entry, int]]) -> None:
         # every block of each file (a packed file has several when the store's blocks are small)
@@ -263,9 +279,9 @@ def _fetch(
             _write(blobs, e, where[e.path], bar, blocks)
 
     with progress(total=sum(e.size for e in entries), desc="downloading") as bar, Pool(WORKERS) as pool:
-        pool.run(lambda e: _write(blobs, e, where[e.path], bar), singles)
+        pool.run(write_single, singles)
         pool.run(write_span, spans)
-    return where
+    return where, failed
 
 
 def _write(
@@ -303,13 +319,17 @@ def _sweep(root: Path) -> None:
                     shutil.rmtree(e.path, ignore_errors=True)
 
 
-def _apply(plan: _Plan, blobs: BlobStore, root: Path, progress: ProgressFactory) -> list[tuple[Entry, Path]]:
+def _apply(
+    plan: _Plan, blobs: BlobStore, root: Path, progress: ProgressFactory
+) -> tuple[list[tuple[Entry, Path]], dict[str, ArtfsError]]:
+    """Fetch, then change `root`; what was written, and the references that could not be."""
     root.mkdir(parents=True, exist_ok=True)
     _sweep(root)
     staging = root / f"{STAGING}{os.getpid()}.{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        fetched = _fetch(blobs, plan.write, staging, progress)
+        fetched, failed = _fetch(blobs, plan.write, staging, progress)
+        plan.write = [e for e in plan.write if e.path not in failed]
         # Nothing below asks the store: only local renames and removals from here on.
         for path in plan.remove:
             _remove(root / path)
@@ -324,7 +344,7 @@ def _apply(plan: _Plan, blobs: BlobStore, root: Path, progress: ProgressFactory)
             os.utime(root / e.path, ns=(e.mtime, e.mtime))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [(e, root / e.path) for e in (*plan.write, *plan.fix)]
+    return [(e, root / e.path) for e in (*plan.write, *plan.fix)], failed
 
 
 def materialize(
@@ -366,11 +386,20 @@ def materialize(
                 )
         if dry_run:
             return changes
-        written = _apply(plan, blobs, root, progress)
-        records.record((os.stat(path), FileDigest(e.hash, e.size, tuple(e.blocks))) for e, path in written)
+        written, failed = _apply(plan, blobs, root, progress)
+        known = [(e, path) for e, path in written if e.content_known]  # a content hash to record
+        records.record((os.stat(path), FileDigest(e.hash, e.size, tuple(e.blocks))) for e, path in known)
         records.record((st, digest) for _, st, digest in plan.current)
         if label is not None:
             records.set_place(root, *label)
+    if failed:
+        errors = [str(e) for _, e in sorted(failed.items())]
+        listed = "; ".join(errors[:5]) + ("; …" if len(errors) > 5 else "")
+        stale = any(isinstance(e, StaleReferenceError) for e in failed.values())
+        what = _count(errors, "reference")
+        raise (StaleReferenceError if stale else ReferenceGoneError)(
+            f"{what} could not be read (the rest is in {root}): {listed}"
+        )
     return changes
 
 
@@ -384,10 +413,16 @@ def _some(paths: list[str], n: int = 3) -> str:
 
 # -- comparing ---------------------------------------------------------------------------------
 def differences(
-    manifest: Manifest, root: Path, exclude: Iterable[str] = (), progress: ProgressFactory = silent
+    manifest: Manifest,
+    root: Path,
+    exclude: Iterable[str] = (),
+    progress: ProgressFactory = silent,
+    content: Callable[[Entry], str] | None = None,
 ) -> list[Difference]:
     """Every difference between `root` and `manifest`, hashing each local file in full; what a
-    push would leave out (`.artfsignore`, `exclude`) is left out here too."""
+    push would leave out (`.artfsignore`, `exclude`) is left out here too. `content(entry)` is
+    the content hash of a reference whose content was not hashed when it was tracked (read from
+    its origin, as pinned; raising if it cannot be: then only the drift is reported)."""
     if not root.is_dir():
         raise InvalidInputError(f"{root} is not a directory")
     local = _survey(root, ScanOptions(exclude=tuple(exclude), as_found=True))
@@ -407,7 +442,11 @@ def differences(
             out.append(Difference(path, "target"))
         elif entry is not None and want == "file":
             digest, mode, _ = digests[path]
-            if digest.hash != entry.hash:
+            try:
+                expected = entry.hash if entry.content_known or content is None else content(entry)
+            except (StaleReferenceError, ReferenceGoneError):
+                continue  # the caller reports the reference's drift
+            if digest.hash != expected:
                 out.append(Difference(path, "modified"))
             elif mode != entry.mode:
                 out.append(Difference(path, "mode"))

@@ -18,10 +18,9 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -36,95 +35,21 @@ from artfs.mounttable import is_artfs_mount
 from artfs.storage import open_backend
 from artfs.vfs import SIBLINGS
 
-from .conftest import ARTFS, FORMAT1_V0, S3_BUCKET, SeaweedFS, make_tree, push, run, run_cli
+from .conftest import (
+    ARTFS,
+    FORMAT1_V0,
+    S3_BUCKET,
+    MountFactory,
+    SeaweedFS,
+    gone,
+    make_tree,
+    push,
+    run,
+    run_cli,
+    wait_for_mount,
+)
 
 MiB = 1 << 20
-
-
-@dataclass
-class Mount:
-    path: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-    cache: Path
-
-    def stats(self) -> dict[str, Any]:
-        return json.loads((self.path / ".artfs" / "stats.json").read_bytes())
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def umount(self) -> None:
-        done = run_cli("umount", str(self.path))
-        assert done.returncode == 0, done.stderr
-        assert self.proc.wait(10) == 0, self.log_text()
-
-
-def serving_pid(path: Path) -> int | None:
-    try:
-        return json.loads((path / ".artfs" / "mount.json").read_bytes())["pid"]
-    except OSError:  # not mounted yet, or a dead mount left by a killed daemon
-        return None
-
-
-def wait_for_mount(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    """Until the daemon `proc` serves `path`; fails at once, with the daemon's log, if it exits."""
-    deadline = time.monotonic() + timeout
-    while serving_pid(path) != proc.pid:
-        if proc.poll() is not None:
-            pytest.fail(f"mount daemon exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no mount on {path} after {timeout} s:\n{log.read_text(errors='replace')}")
-        time.sleep(0.02)
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie has too: only its parent has not looked yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-MountFactory = Callable[..., Mount]
-
-
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[MountFactory]:
-    """`mount(store_url, *options)` starts `artfs mount --foreground` on a fresh directory."""
-    assert os.path.exists("/dev/fuse"), "FUSE is unavailable: /dev/fuse is missing"
-    started: list[Mount] = []
-    cache = tmp_path / "cache"
-
-    def start(
-        store_url: str, *options: str, path: Path | None = None, env: dict[str, str] | None = None
-    ) -> Mount:
-        path = path or tmp_path / f"mnt{len(started)}"
-        path.mkdir(exist_ok=True)
-        log = tmp_path / f"mount{len(started)}.log"
-        argv = [*ARTFS, "-v", "--store", store_url, "mount", "--foreground", "--cache-dir", str(cache)]
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([*argv, *options, str(path)], stdout=out, stderr=out, env=env)
-        m = Mount(path, proc, log, cache)
-        started.append(m)
-        wait_for_mount(path, proc, log)
-        return m
-
-    yield start
-    for m in started:
-        if is_artfs_mount(str(m.path)):
-            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False)
-        if m.proc.poll() is None:
-            m.proc.terminate()
-            try:
-                m.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                m.proc.kill()
-                m.proc.wait()
 
 
 def sha256(path: Path) -> str:

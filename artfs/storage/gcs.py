@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFoundError, PreconditionFailedError, StoreError, StoreUnavailableError
@@ -134,6 +134,50 @@ class GCSBackend(RemoteBackend):
 
         return iter(sorted(self._call("LIST", prefix, fn)))
 
+    # -- objects referenced in place (refs.py) ----------------------------------------------
+    def pins(self, prefix: str, limit: int) -> Sequence[tuple[str, int, float, dict[str, Any]]]:
+        """(key, size, modified, pin) of the objects under `prefix`, at most `limit`, from the
+        listing only. The generation pins the bytes: a bucket that keeps versions serves it
+        after the object is replaced."""
+
+        def fn() -> Sequence[tuple[str, int, float, dict[str, Any]]]:
+            out = []
+            for b in self._client.list_blobs(self.bucket, prefix=self._key(prefix), retry=None):
+                out.append((b.name[len(self.prefix) :], *_pin(b)))
+                if len(out) > limit:
+                    break
+            return out
+
+        return self._call("LIST", prefix, fn)
+
+    def pin_of(self, key: str) -> tuple[int, float, dict[str, Any]]:
+        def fn() -> tuple[int, float, dict[str, Any]]:
+            blob = self._bucket.get_blob(self._key(key), retry=None)
+            if blob is None:
+                raise ObjectNotFoundError(key)
+            return _pin(blob)
+
+        return self._call("HEAD", key, fn)
+
+    def read_pinned(self, key: str, pin: dict[str, Any], first: int, last: int) -> bytes:
+        """Bytes `first`..`last` of the pinned generation (a weak pin: of the object while its
+        update time is the pinned one). ObjectNotFoundError when that generation is gone."""
+        from google.api_core.exceptions import RequestRangeNotSatisfiable
+
+        def fn() -> bytes:
+            if pin.get("weak"):
+                _, modified, _ = self.pin_of(key)
+                if modified != pin["modified"]:
+                    raise PreconditionFailedError(key)
+            blob = self._bucket.blob(self._key(key), generation=pin.get("generation"))
+            try:
+                data: bytes = blob.download_as_bytes(start=first, end=last, retry=None)
+            except RequestRangeNotSatisfiable:
+                return b""
+            return data
+
+        return self._call("GET range", key, fn)
+
     # -- writing -----------------------------------------------------------------------------
     def _precondition(self, if_absent: bool, if_match: str | None) -> dict[str, Any]:
         if if_absent:
@@ -207,3 +251,15 @@ class _Checked(io.RawIOBase):
         if self._left == 0 and self._stream.read(1):
             raise StoreError("the source grew while it was being uploaded")
         return data
+
+
+def _pin(blob: Any) -> tuple[int, float, dict[str, Any]]:
+    """(size, modified, pin) of an object: generation, metageneration, CRC32C, and MD5 where
+    GCS has one (a composite object has none)."""
+    size = int(blob.size or 0)
+    modified = blob.updated.timestamp() if blob.updated else 0.0
+    pin = {"generation": str(blob.generation), "metageneration": str(blob.metageneration), "size": size,
+           "modified": modified, "crc32c": blob.crc32c}  # fmt: skip
+    if blob.md5_hash:
+        pin["md5"] = blob.md5_hash
+    return size, modified, pin

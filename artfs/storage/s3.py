@@ -25,7 +25,7 @@ import os
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from ..errors import (
@@ -129,23 +129,26 @@ class S3Backend(RemoteBackend):
     # -- reading -----------------------------------------------------------------------------
     def get(self, key: str) -> Payload:
         def fn() -> Payload:
-            _, headers, data = self._send(self._key(key), {})
+            _, headers, data = self._get(self._key(key), {})
             return Payload(data, headers.get("ETag", ""))
 
         return self._call("GET", key, fn)
 
     def _read_range(self, name: str, first: int, last: int) -> bytes:
-        status, _, data = self._send(name, {"Range": f"bytes={first}-{last}"})
+        status, _, data = self._get(name, {"Range": f"bytes={first}-{last}"})
         if status == 416:
             return b""  # starts at or past the end
         return data if status == 206 else data[first : last + 1]  # a server may ignore Range
 
-    def _send(self, name: str, headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        """GET an object by its presigned URL: status, headers and body (416 is the caller's)."""
+    def _get(self, name: str, headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """GET an object: status, headers and body (416 is the caller's)."""
+        return self._send(self._presigned(name, int(time.monotonic() // URL_REUSE)), headers)
+
+    def _send(self, url: str, headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """GET a presigned URL: status, headers and body (416 is the caller's)."""
         from botocore.awsrequest import AWSRequest
         from botocore.exceptions import IncompleteReadError
 
-        url = self._presigned(name, int(time.monotonic() // URL_REUSE))
         r = self._http.send(AWSRequest("GET", url, headers=headers, stream_output=True).prepare())
         data: bytes = r.raw.read()  # in one piece (`r.content` joins 64 KiB chunks: 25% slower)
         if r.status_code not in (200, 206, 416):
@@ -155,9 +158,9 @@ class S3Backend(RemoteBackend):
             raise IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
         return r.status_code, r.headers, data
 
-    def _presign(self, name: str, epoch: int) -> str:
+    def _presign(self, name: str, epoch: int, version: str = "") -> str:
         """A GET URL for `name` (cached per `epoch`, a URL_REUSE-long slice of time)."""
-        params = {"Bucket": self.bucket, "Key": name}
+        params = {"Bucket": self.bucket, "Key": name, **({"VersionId": version} if version else {})}
         return str(self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=URL_TTL))
 
     def stat(self, key: str) -> ObjectInfo:
@@ -195,6 +198,71 @@ class S3Backend(RemoteBackend):
             return out
 
         return iter(sorted(self._call("LIST", prefix, fn)))
+
+    # -- objects referenced in place (refs.py) ----------------------------------------------
+    def pins(self, prefix: str, limit: int) -> Sequence[tuple[str, int, float, dict[str, Any]]]:
+        """(key, size, modified, pin) of the objects under `prefix`, at most `limit`, from
+        listings only: list_object_versions where the bucket keeps versions (the pin then
+        carries the VersionId, so old bytes stay readable), list_objects_v2 otherwise."""
+
+        def fn() -> list[tuple[str, int, float, dict[str, Any]]]:
+            versioned = self._client.get_bucket_versioning(Bucket=self.bucket).get("Status") == "Enabled"
+            method, field = (
+                ("list_object_versions", "Versions") if versioned else ("list_objects_v2", "Contents")
+            )
+            out = []
+            for page in self._client.get_paginator(method).paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
+                for o in page.get(field, []):
+                    if versioned and not o.get("IsLatest"):
+                        continue
+                    modified = o["LastModified"].timestamp()
+                    pin = {"etag": o["ETag"], "size": int(o["Size"]), "modified": modified}
+                    if versioned and o.get("VersionId") not in (None, "null"):
+                        pin["version"] = o["VersionId"]
+                    out.append((o["Key"][len(self.prefix) :], int(o["Size"]), modified, pin))
+                    if len(out) > limit:
+                        return out
+            return out
+
+        return self._call("LIST", prefix, fn)
+
+    def pin_of(self, key: str) -> tuple[int, float, dict[str, Any]]:
+        """(size, modified, pin) of one object (HEAD)."""
+
+        def fn() -> tuple[int, float, dict[str, Any]]:
+            r = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            size, modified = int(r["ContentLength"]), r["LastModified"].timestamp()
+            pin = {"etag": r["ETag"], "size": size, "modified": modified}
+            if r.get("VersionId") not in (None, "null"):
+                pin["version"] = r["VersionId"]
+            return size, modified, pin
+
+        return self._call("HEAD", key, fn)
+
+    def read_pinned(self, key: str, pin: dict[str, Any], first: int, last: int) -> bytes:
+        """Bytes `first`..`last` of the object as pinned: its VersionId if it has one, else
+        If-Match on its ETag (a weak pin: If-Unmodified-Since). PreconditionFailedError when
+        the object changed, ObjectNotFoundError when that version or object is gone."""
+        from email.utils import formatdate
+
+        headers = {"Range": f"bytes={first}-{last}"}
+        if "etag" in pin and "version" not in pin:
+            headers["If-Match"] = pin["etag"]
+        elif pin.get("weak"):
+            headers["If-Unmodified-Since"] = formatdate(pin["modified"], usegmt=True)
+
+        def fn() -> bytes:
+            url = self._presigned(self._key(key), int(time.monotonic() // URL_REUSE), pin.get("version", ""))
+            status, got, data = self._send(url, headers)
+            if "etag" in pin and got.get("ETag", pin["etag"]) != pin["etag"]:
+                raise _client_error(412, b"", "GetObject")  # a server that ignored the condition
+            if status == 416:
+                return b""
+            return data if status == 206 else data[first : last + 1]
+
+        return self._call("GET range", key, fn)
 
     # -- writing -----------------------------------------------------------------------------
     def put(self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> str:
