@@ -26,7 +26,7 @@ from artfs.errors import InvalidInputError
 
 from .conftest import MountFactory, StageFactory, _free_ports, _wait_for_http, run_cli
 
-FILES = {"a.bin": os.urandom(300_000), "b.bin": os.urandom(5_000), "c.bin": os.urandom(7_000),
+FILES = {"a.bin": os.urandom(9_000_000), "b.bin": os.urandom(5_000), "c.bin": os.urandom(7_000),
          "sub/e.txt": b"hello\n"}  # fmt: skip
 
 
