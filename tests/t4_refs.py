@@ -363,3 +363,15 @@ def test_a_stage_keeps_unchanged_references_and_root_never_serves_private_files(
     assert os.geteuid() == 0  # the suite runs as root (FUSE): a 0600 file is not served
     with pytest.raises(PermissionError):
         (m.path / "mix:v1" / "private").read_bytes()
+
+
+@pytest.mark.parametrize("kit", ["file", "s3", "gs-versioned"], indirect=True)
+def test_every_listing_origin_enforces_the_cap(kit: Kit, tmp_path: Path) -> None:
+    for i in range(3):
+        kit.put(f"cap/{i}", b"x")
+    store = f"file://{tmp_path / 'store'}"
+    over = run_cli("track", "cap", kit.uri("cap"), "--max-objects", "2", store=store)
+    assert over.returncode == 2 and "holds more than 2 objects" in over.stderr, over.stderr
+    assert (
+        run_cli("track", "cap", kit.uri("cap/"), "--max-objects", "3", store=store).stdout.strip() == "cap:v0"
+    )
