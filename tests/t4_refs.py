@@ -310,6 +310,17 @@ def test_naming_follows_wandb(seaweedfs: str, tmp_path: Path) -> None:
         (("images", None), ["cat.png", "dog.png"]),
         (("images", "images"), ["images/cat.png", "images/dog.png"]),
     ]
+    from boto3.s3.transfer import TransferConfig
+
+    big = os.urandom(11 << 20)  # a multipart upload: its ETag ("…-3") is no MD5, and pins all the same
+    (tmp_path / "big").write_bytes(big)
+    parts = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    kit.client.upload_file(str(tmp_path / "big"), kit.bucket, "multi/big.bin", Config=parts)
+    art = artfs.Artifact("multi")
+    art.add_reference(kit.uri("multi/big.bin"))
+    v = store.log_artifact(art)
+    assert json.loads(next(iter(v.files())).entry.pin)["etag"].endswith('-3"')
+    assert v.open("big.bin").read() == big
     for i, ((key, name), paths) in enumerate(cases):
         art = artfs.Artifact(f"n{i}")
         art.add_reference(kit.uri(key), name=name)
