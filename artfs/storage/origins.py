@@ -116,7 +116,7 @@ class FileOrigin(Origin):
                 path = os.path.join(top, name)
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(path)
-                    if os.path.isfile(path):
+                    if stat.S_ISREG(st.st_mode):  # one stat per file, not two
                         rel = os.path.relpath(path, root)
                         out.append(_file_found(rel, file_uri(path), st))
                 if len(out) > limit:
