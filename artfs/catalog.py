@@ -6,8 +6,10 @@ Concurrency without a server:
 - aliases move with compare-and-swap and retry on conflict, so no move is silently lost; an
   alias is removed the same way, by swapping in `{"version": null}`, so removal needs no
   conditional delete (the precondition S3-compatible servers and GCS emulators support least);
-- `latest` only moves forward when versions are committed; it moves back only when the version
-  it names is deleted.
+- `latest` is the newest live version, as the listing of version keys says (the claim is the
+  commit point: a committer killed right after it has committed). Its alias record, for stores
+  and readers of format 1, only moves forward when versions are committed and back only when
+  the version it names is deleted.
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ class ArtifactKeys:
     def live(self) -> list[int]:
         return sorted(n for n in self.versions if n not in self.deleted)
 
+    def add(self, kind: str, leaf: str, modified: float, change: str) -> None:
+        """One listed key: `kind` "versions" or "aliases", `leaf` its last part."""
+        if kind == "versions" and leaf.isdigit():
+            self.versions[int(leaf)] = modified
+        elif kind == "versions" and leaf.endswith(DELETED_MARK) and leaf[: -len(DELETED_MARK)].isdigit():
+            self.deleted.add(int(leaf[: -len(DELETED_MARK)]))
+        elif kind == "aliases":
+            self.aliases[leaf] = change
+
 
 @dataclass(frozen=True)
 class TopEntry:
@@ -119,9 +130,15 @@ class Catalog:
 
     def numbers(self, name: str) -> list[int]:
         """Every claimed version number, deleted ones included, ascending."""
+        return sorted(self._version_keys(name).versions)
+
+    def _version_keys(self, name: str) -> ArtifactKeys:
+        """What the listing of an artifact's version keys says (one request per thousand)."""
+        found = ArtifactKeys()
         prefix = keys.versions(name)
-        out = [int(k) for o in self.backend.list(prefix) if (k := o.key[len(prefix) :]).isdigit()]
-        return sorted(out)
+        for o in self.backend.list(prefix):
+            found.add("versions", o.key[len(prefix) :], o.modified, o.change)
+        return found
 
     def read(self, name: str, number: int) -> tuple[VersionRecord, str]:
         try:
@@ -146,13 +163,7 @@ class Catalog:
             kind, _, leaf = rest.partition("/")
             if not NAME_RE.fullmatch(name) or not leaf or "/" in leaf:
                 continue
-            found = out.setdefault(name, ArtifactKeys())
-            if kind == "versions" and leaf.isdigit():
-                found.versions[int(leaf)] = o.modified
-            elif kind == "versions" and leaf.endswith(DELETED_MARK) and leaf[: -len(DELETED_MARK)].isdigit():
-                found.deleted.add(int(leaf[: -len(DELETED_MARK)]))
-            elif kind == "aliases":
-                found.aliases[leaf] = o.change
+            out.setdefault(name, ArtifactKeys()).add(kind, leaf, o.modified, o.change)
         return out
 
     def listing(self) -> list[TopEntry]:
@@ -199,6 +210,11 @@ class Catalog:
             number = self._alias_target(name, alias)
             if number is not None:
                 out[alias] = number
+        if self.markers:  # `latest` by the listing: its record may lag (the module docstring)
+            live = self._version_keys(name).live
+            out.pop(LATEST, None)
+            if live:
+                out[LATEST] = live[-1]
         return out
 
     def _alias_target(self, name: str, alias: str) -> int | None:
@@ -229,6 +245,8 @@ class Catalog:
         """`resolve`, plus the etag to update the record with (`update`)."""
         name = ref.name
         number = ref.number
+        if ref.alias == LATEST and self.markers:
+            return self._newest(name)
         if number is None:
             assert ref.alias is not None
             number = self._alias_target(name, ref.alias)
@@ -247,6 +265,18 @@ class Catalog:
         if rec.state != COMMITTED:
             raise VersionNotFoundError(f"{rec.label} was deleted")
         return rec, etag
+
+    def _newest(self, name: str) -> tuple[VersionRecord, str]:
+        """The newest live version by the listing (a record tombstoned by a deleter that was
+        cut short before its marker is passed over)."""
+        found = self._version_keys(name)
+        for number in reversed(found.live):
+            rec, etag = self.read(name, number)
+            if rec.state == COMMITTED:
+                return rec, etag
+        if not found.versions:
+            raise ArtifactNotFoundError(f"no artifact named {name!r}")
+        raise VersionNotFoundError(f"{name} has no versions left (all deleted)")
 
     def _require_artifact(self, name: str) -> None:
         if not self.numbers(name):

@@ -1010,9 +1010,7 @@ def umount(mountpoint: Path, timeout: float, as_json: bool) -> None:
     """
     session_id = unmount(str(mountpoint), timeout)
     if session_id:
-        stage = StageSession.load(session_id)
-        report_commit(stage, as_json)
-        stage.remove()
+        report_commit(StageSession.load(session_id), as_json)
 
 
 NOTES_SHOWN = 20  # what a commit could not carry, printed; all of them go to a file
@@ -1050,7 +1048,9 @@ def report_commit(stage: StageSession, as_json: bool) -> None:
 @main.command()
 @click.argument("ref", metavar="NAME[:BASE]", required=False)
 @click.argument("mountpoint", metavar="MNT", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--list", "list_", is_flag=True, help="List staging sessions and their state.")
+@click.option(
+    "--list", "list_", is_flag=True, help="List staging sessions and their state (committed ones for a week)."
+)
 @click.option("--resume", metavar="ID", help="Mount a stopped session again (after a crash or reboot).")
 @click.option("-t", "--type", "type_", metavar="TYPE", help="Type of a new artifact (default: dataset).")
 @description_option
@@ -1117,6 +1117,7 @@ def stage(
         if ref is None or mountpoint is not None:
             raise click.UsageError("usage: artfs stage --resume ID MNT")
         staged, mountpoint = StageSession.load(resume), Path(ref)
+        staged.check_resumable()
         store_url = staged.info.store
     else:
         if ref is None or mountpoint is None:
@@ -1181,9 +1182,11 @@ def list_stages(as_json: bool) -> None:
         return None
     t = table("ID", "STATE", "BASE", "MOUNTED ON", "STARTED")
     for s in sessions:
-        i = s.info
+        i, state = s.info, s.state()
         base = f"{i.name}:v{i.base}" if i.base is not None else f"{i.name} (new)"
-        t.add_row(i.id, s.state(), base, i.mountpoint if s.state() == "mounted" else "", when(i.created_at))
+        if state == "committed":
+            state = f"committed {i.outcome.get('version') or '(nothing)'}"
+        t.add_row(i.id, state, base, i.mountpoint if state == "mounted" else "", when(i.created_at))
     out.print(t)
     return None
 
@@ -1253,16 +1256,14 @@ def commit(target: str, as_json: bool) -> None:
         return report_commit(StageSession.load(staged.info.id), as_json)
     if staged.state() == "mounted":
         raise ConflictError(f"session {staged.info.id} is mounted at {staged.info.mountpoint}: commit that")
-    with Store(staged.info.store) as store:
-        overlay = staged.overlay(store.catalog, store.blobs)
-        try:
-            done = staged.commit(overlay, store.catalog, store.blobs, progress_bar)
-        finally:
-            overlay.close()
-    staged.info.outcome = done.outcome()
-    report_commit(staged, as_json)
-    staged.remove()
-    return None
+    if not staged.info.finished:  # finished: committed already, by a run that was cut short after
+        with Store(staged.info.store) as store:
+            overlay = staged.overlay(store.catalog, store.blobs)
+            try:
+                staged.commit(overlay, store.catalog, store.blobs, progress_bar, final=True)
+            finally:
+                overlay.close()
+    return report_commit(staged, as_json)
 
 
 @main.command()

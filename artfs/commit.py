@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 from . import keys, refs
 from ._version import __version__
 from .blobs import BlobStore
-from .catalog import Catalog, VersionRecord
+from .catalog import COMMITTED, Catalog, VersionRecord
 from .config import StoreConfig
 from .digest import FileDigest, hash_bytes, hash_fd
 from .errors import (
@@ -653,28 +653,28 @@ def publish(
     one. Someone committed after `base`: a new version all the same, recording its base
     (`on_conflict` "error": refused, before anything is claimed)."""
     aliases = [validate_alias(a) for a in aliases if a != LATEST]
-    latest = catalog.latest(name)
-    if latest is not None and (base is None or latest.number > base.number):
-        for number in reversed(catalog.numbers(name)):
-            if base is not None and number <= base.number:
-                break
-            rec = catalog.read(name, number)[0]
-            if rec.producer.get("session") == session:
-                catalog.set_alias(name, LATEST, rec.number, forward_only=True)
-                moved = tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
-                return CommitResult(rec, created=True, aliases_moved=moved)
+    # Every number claimed after the base, by the listing: `latest` moves only after a claim,
+    # so a commit killed in between left a version that `latest` does not name yet.
+    newer: list[VersionRecord] = []
+    for number in reversed(catalog.numbers(name)):
+        if base is not None and number <= base.number:
+            break
+        rec = catalog.read(name, number)[0]
+        if rec.producer.get("session") == session:
+            catalog.set_alias(name, LATEST, rec.number, forward_only=True)
+            moved = tuple(a for a in aliases if catalog.set_alias(name, a, rec.number))
+            return CommitResult(rec, created=True, aliases_moved=moved)
+        if rec.state == COMMITTED:
+            newer.append(rec)
     if base is not None and root.digest == base.digest:
         moved = tuple(a for a in aliases if catalog.set_alias(name, a, base.number))
         return CommitResult(base, created=False, aliases_moved=moved)
-    moved_on = latest is not None and (base is None or latest.number > base.number)
-    if moved_on and on_conflict == "error":
-        assert latest is not None
-        since = f"{base.label} was staged" if base is not None else "this stage began"
-        raise ArtifactExistsError(f"{latest.label} was committed after {since}; the staged work is kept")
-    if moved_on:
-        assert latest is not None
-        log.warning("%s was committed after %s was staged; committing the next version all the same",
-                    latest.label, base.label if base is not None else f"{name} (new)")  # fmt: skip
+    since = f"{base.label} was staged" if base is not None else "this stage began"
+    if newer and on_conflict == "error":
+        raise ArtifactExistsError(f"{newer[0].label} was committed after {since}; the staged work is kept")
+    if newer:
+        log.warning("%s was committed after %s; committing the next version all the same",
+                    newer[0].label, since)  # fmt: skip
     rec, moved = _claim(catalog, name, root, aliases, type=type, description=description,
                         metadata=dict(metadata or {}), base=base.number if base is not None else None,
                         producer={**producer(), "session": session})  # fmt: skip

@@ -130,10 +130,8 @@ def serve(options: MountOptions) -> None:
     if options.allow_other:
         fuse_options.add("allow_other")
     stage = Stage.load(options.session) if options.session else None
-    if stage is not None and stage.state() == "mounted":
-        raise ConflictError(
-            f"staging session {stage.info.id} is mounted at {stage.info.mountpoint} (pid {stage.info.pid})"
-        )
+    if stage is not None:
+        stage.check_resumable()
 
     async def main() -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -205,7 +203,7 @@ async def stage_view(
 
     async def commit() -> None:
         async with view.paused():
-            await reader.threads.run(commit_stage, stage, view.overlay, catalog, blobs)
+            await reader.threads.run(commit_stage, stage, view.overlay, catalog, blobs, False)
 
     async def status() -> None:
         async with view.paused():
@@ -223,17 +221,15 @@ async def stage_view(
     return view
 
 
-def commit_stage(stage: Stage, overlay: Overlay, catalog: Catalog, blobs: BlobStore) -> None:
-    """Commit a session, its outcome (or its error) written into the session for the command
-    that asked (`artfs umount`, `artfs commit`) to print."""
+def commit_stage(stage: Stage, overlay: Overlay, catalog: Catalog, blobs: BlobStore, final: bool) -> None:
+    """Commit a session (`final`: as it ends), its outcome (or its error) written into the
+    session for the command that asked (`artfs umount`, `artfs commit`) to print."""
     try:
-        done = stage.commit(overlay, catalog, blobs)
+        stage.commit(overlay, catalog, blobs, final=final)
     except Exception as e:
         stage.info.outcome = {"error": str(e)}
         stage.save()
         raise
-    stage.info.outcome = done.outcome()
-    stage.save()
 
 
 async def finish_stage(
@@ -248,14 +244,13 @@ async def finish_stage(
         log.info("%s: aborted, nothing committed", stage.info.id)
         return
     try:
-        await threads.run(commit_stage, stage, view.overlay, catalog, blobs)
+        await threads.run(commit_stage, stage, view.overlay, catalog, blobs, True)
     except ArtfsError as e:
         log.error("%s: the commit failed, the staged work is kept (artfs commit %s): %s",
                   stage.info.id, stage.info.id, e)  # fmt: skip
         raise
     finally:
         view.overlay.close()
-    stage.finish()
     log.info("%s: %s", stage.info.id, stage.info.outcome)
 
 

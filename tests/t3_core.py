@@ -188,6 +188,23 @@ def test_delete_semantics(store: artfs.Store, tmp_path: Path) -> None:
         store.artifact("nothing:v0")
 
 
+def test_latest_is_the_newest_claim_even_when_its_committer_died_before_moving_it(
+    store: artfs.Store, tmp_path: Path
+) -> None:
+    src = make_tree(tmp_path / "src", {"x": "0"})
+    push_dir(store, "ds", src)
+    (src / "x").write_text("1")
+    push_dir(store, "ds", src)
+    # what a committer killed between its claim and moving `latest` leaves: the record lags
+    store.backend.put_json(keys.alias("ds", "latest"), {"version": 0})
+    assert store.artifact("ds:latest").version == "v1"
+    assert store.artifact("ds:v1").aliases == ["latest"] and store.artifact("ds:v0").aliases == []
+    again = push_dir(store, "ds", src)  # the same content as the newest version: nothing made
+    assert (again.version, again.created) == ("v1", False)
+    store.artifact("ds:v1").delete()
+    assert store.artifact("ds:latest").version == "v0"
+
+
 def test_download_checkout_verify(small_block_store: artfs.Store, tmp_path: Path) -> None:
     store = small_block_store
     big = os.urandom(5 * BLOCK + 123)

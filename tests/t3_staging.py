@@ -9,6 +9,7 @@ import errno
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,12 +23,12 @@ from hypothesis import strategies as st
 
 import artfs
 from artfs.cache import BlockCache
-from artfs.errors import FsError, InvalidPathError
+from artfs.errors import ConflictError, FsError, InvalidPathError, NotFoundError
 from artfs.names import validate_link_target
 from artfs.namespace import DIR, FILE, LINK, ROOT_INO
 from artfs.reader import BlockReader
 from artfs.staging.fs import StagingView
-from artfs.staging.session import Session, SessionInfo
+from artfs.staging.session import RECEIPT_DAYS, Session, SessionInfo, sessions_dir
 from artfs.storage.aio import Threads
 
 NAMES = ["a", "b", "c"]
@@ -351,3 +352,32 @@ def test_the_staging_tree_behaves_like_a_local_directory_and_commits_what_it_sho
         session.remove()
         for v in store.catalog.versions("t")[1:]:
             store.catalog.delete_version(v, delete_aliases=True)
+
+
+def test_sessions_on_disk_keep_what_is_due_and_sweep_what_is_over() -> None:
+    live = Session.create(SessionInfo("", "file:///nowhere", "live", None))
+    done = Session.create(SessionInfo("", "file:///nowhere", "done", None))
+    (done.root / "upper").mkdir()  # as a final commit's save leaves it, if cut short there
+    done.info.outcome, done.info.finished = {"version": "done:v0", "created": True}, True
+    done.save()
+    old = Session.create(SessionInfo("", "file:///nowhere", "old", None))
+    old.info.finished = True
+    old.save()
+    long_ago = time.time() - (RECEIPT_DAYS + 1) * 86400
+    os.utime(old.root / "session.json", (long_ago, long_ago))
+    half = sessions_dir() / f".removed-{live.info.id}-0000"  # a removal a crash cut short
+    (half / "upper").mkdir(parents=True)
+
+    listed = {s.info.id: s.state() for s in Session.all()}
+    assert listed == {live.info.id: "stopped", done.info.id: "committed"}
+    assert not old.root.exists() and not half.exists() and not (done.root / "upper").exists()
+    assert Session.load(done.info.id).info.outcome["version"] == "done:v0"
+    with pytest.raises(ConflictError, match="was committed as done:v0"):
+        Session.load(done.info.id).check_resumable()
+
+    live.remove()
+    assert sorted(p.name for p in sessions_dir().iterdir()) == [done.info.id]
+    with pytest.raises(NotFoundError):
+        Session.load(live.info.id)
+    with pytest.raises(NotFoundError):  # a removal's leftover is never a session
+        Session.load(f".removed-{live.info.id}-0000")

@@ -4,13 +4,17 @@ versions only — exactly one per finished commit (bench/crash.py runs many more
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,14 +88,57 @@ def test_fsynced_writes_survive_a_killed_daemon(
     verify(store_url, done.stdout.strip(), expected)
 
 
+# Where a commit can be cut short, in order, as a local store and the process's open files show it.
+PHASES = ("hashing", "uploading", "written", "claimed", "aliases")
+ALIASES = ("a1", "a2", "a3")
+
+
+def commit_phase(store: Path, pid: int, upper: Path, before: set[str]) -> str:
+    """How far a running `artfs commit` of ds:v1 has got: "starting", hashing (it has staged
+    files open), uploading (temp objects in the store), written (new blobs and tree objects
+    published), claimed (ds:v1 exists), aliases (one of them moved), or "done" (all of them)."""
+    record = store / "artifacts/ds/aliases"
+    moved = sum((record / a).exists() for a in ALIASES)
+    if (store / "artifacts/ds/versions/1").exists():
+        return "done" if moved == len(ALIASES) else "aliases" if moved else "claimed"
+    if objects(store) - before:
+        return "written"
+    if any(f.is_file() for f in (store / ".tmp").rglob("*")):
+        return "uploading"
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        if any(os.readlink(f).startswith(str(upper)) for f in Path(f"/proc/{pid}/fd").iterdir()):
+            return "hashing"
+    return "starting"
+
+
+def reached(target: str, *where: Any) -> bool:
+    """Has the commit got to phase `target` (or past it)? `where`: commit_phase's arguments."""
+    order = ("starting", *PHASES, "done")
+    return order.index(commit_phase(*where)) >= order.index(target)
+
+
+def objects(store: Path) -> set[str]:
+    return {str(p) for top in ("blobs", "trees") for p in (store / top).rglob("*") if p.is_file()}
+
+
+def kill_at(commit: subprocess.Popen[bytes], reached: Callable[[], bool]) -> None:
+    """SIGKILL `commit` as soon as `reached()` (polled), unless it exits first."""
+    while commit.poll() is None and not reached():
+        time.sleep(0.0002)
+    commit.send_signal(signal.SIGKILL)
+    commit.communicate()
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_commit_killed_in_any_phase_finishes_as_one_version(
     tmp_path: Path, store_url: str, stage: StageFactory, seed: int
 ) -> None:
+    """Killed first in the phase the seed picks (waited for), then at up to two random moments;
+    finished by `artfs commit ID`, it is one complete version with every alias moved."""
     rng = random.Random(seed)
     make_tree(tmp_path / "src", {"keep.txt": "base\n"})
     push(store_url, "ds", tmp_path / "src")
-    s = stage(store_url, "ds")
+    s = stage(store_url, "ds", *(f"-a{a}" for a in ALIASES))
     sid = s.session
     for i in range(60):
         (s.path / f"dir{i % 6}").mkdir(exist_ok=True)
@@ -100,25 +147,44 @@ def test_a_commit_killed_in_any_phase_finishes_as_one_version(
     subprocess.run(["cp", "-a", f"{s.path}/.", str(expected)], check=True)
     s.kill()
 
+    store = Path(store_url.removeprefix("file://"))
+    upper = Path(os.environ["XDG_STATE_HOME"]) / "artfs/stage" / sid / "upper"
+    before = objects(store)
     env = {**os.environ, "ARTFS_STORE": store_url}
-    for _ in range(3):  # killed at a random moment, up to three times
+    target = PHASES[seed % len(PHASES)]
+    landed = []
+    for attempt in range(3):
         commit = subprocess.Popen(
             [*ARTFS, "commit", sid], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        time.sleep(rng.uniform(0.0, 1.5))
-        if commit.poll() is not None:
-            break
-        commit.send_signal(signal.SIGKILL)
-        commit.communicate()
+        if attempt == 0:
+            kill_at(commit, partial(reached, target, store, commit.pid, upper, before))
+        else:
+            time.sleep(rng.uniform(0.0, 1.5))
+            if commit.poll() is not None:
+                break
+            kill_at(commit, lambda: True)
+        landed.append(commit_phase(store, 0, upper, before))
     else:
         commit = subprocess.Popen(
             [*ARTFS, "commit", sid], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+    if log := os.environ.get("ARTFS_CRASH_LOG"):  # bench/crash.py counts where the kills landed
+        with open(log, "a") as f:
+            f.write(f"{target} {' '.join(landed)}\n")
     out, err = commit.communicate(timeout=120)
     assert commit.returncode == 0, err
     assert out.decode().strip() == "ds:v1"
     versions = run_cli("ls", "ds", "--json", store=store_url).stdout
-    assert sorted(v["version"] for v in json.loads(versions)) == ["v0", "v1"], versions
+    listed = {v["version"]: v for v in json.loads(versions)}
+    assert sorted(listed) == ["v0", "v1"], versions
+    assert set(ALIASES) <= set(listed["v1"]["aliases"]), listed["v1"]
     verify(store_url, "ds:v1", expected)
     assert stopped_sessions() == []
     assert not is_artfs_mount(str(s.path)) and not running(commit.pid)
+    # asked again (as after a commit killed once done, before it said so): the same answer
+    again = run_cli("commit", sid, store=store_url)
+    assert (again.returncode, again.stdout.strip()) == (0, "ds:v1"), again.stderr
+    resumed = run_cli("stage", "--resume", sid, str(tmp_path / "mnt2"), store=store_url)
+    assert resumed.returncode == 5 and "was committed as ds:v1" in resumed.stderr, resumed.stderr
+    assert run_cli("ls", "ds", "--json", store=store_url).stdout == versions

@@ -8,7 +8,9 @@ All of it private to the user (0700/0600), like the cache. A session outlives it
 it is resumed (`artfs stage --resume ID MNT`), committed (`artfs commit ID`) or aborted
 (`artfs abort ID`). A commit is idempotent: each of a session's commits claims its version under
 a token (`ID.N`, N the commits before it) that `commit.publish` finds again if a killed commit
-had claimed already.
+had claimed already. Once committed for good (unmounted, or `artfs commit ID`), a session keeps
+only its record, with the outcome, for RECEIPT_DAYS: a commit whose answer was lost (killed
+after the work, before it said so) is asked again and answers the same version.
 
 The committed tree is the base's with the bound directories written anew (staging/tree.py): one
 object per changed directory, the unchanged ones named as they are. What a version cannot carry
@@ -24,6 +26,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +37,7 @@ from ..catalog import Catalog, VersionRecord
 from ..commit import WORKERS, CommitResult, TreeWriter, now, publish
 from ..config import PRIVATE_FILE, private_dir, state_dir
 from ..digest import FileDigest
-from ..errors import InvalidPathError, NotFoundError
+from ..errors import ConflictError, InvalidPathError, NotFoundError
 from ..manifest import Entry, normal_mode
 from ..mounttable import running
 from ..names import validate_link_target
@@ -50,7 +53,7 @@ from .upper import Upper
 
 log = logging.getLogger(__name__)
 
-STAGED, COMMITTED, ABORTED = "staged", "committed", "aborted"
+RECEIPT_DAYS = 7  # how long a committed session's record stays to answer for it
 
 
 def sessions_dir() -> Path:
@@ -109,20 +112,36 @@ class Session:
     @classmethod
     def load(cls, id: str) -> Session:
         root = sessions_dir() / id
-        if "/" in id or not (root / "session.json").exists():
+        if "/" in id or id.startswith(".") or not (root / "session.json").exists():
             raise NotFoundError(f"no staging session {id!r} (artfs stage --list shows them)")
         return cls(root, SessionInfo(**json.loads((root / "session.json").read_text())))
 
     @classmethod
     def all(cls) -> list[Session]:
+        """Every session, sweeping what is over: removals a crash interrupted, and the records
+        of sessions committed more than RECEIPT_DAYS ago."""
         top = sessions_dir()
         out = []
         for d in sorted(top.iterdir()) if top.is_dir() else []:
+            if d.name.startswith(".removed-"):
+                shutil.rmtree(d, ignore_errors=True)
+                continue
             try:
-                out.append(cls.load(d.name))
+                session = cls.load(d.name)
             except (NotFoundError, ValueError, TypeError) as e:
                 log.warning("%s: not a staging session (%s)", d, e)
+                continue
+            if session.info.finished and session.age() > RECEIPT_DAYS * 86400:
+                session.remove()
+                continue
+            if session.info.finished:
+                session.drop_work()  # left if a crash cut the dropping short
+            out.append(session)
         return out
+
+    def age(self) -> float:
+        """Seconds since the record was last written."""
+        return time.time() - (self.root / "session.json").stat().st_mtime
 
     def save(self) -> None:
         tmp = self.root / "session.json.tmp"
@@ -134,7 +153,14 @@ class Session:
         os.replace(tmp, self.root / "session.json")
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Gone at once: renamed out of the way first, so a removal cut short by a crash leaves
+        no half session (the rest is swept by `all`)."""
+        gone = self.root.with_name(f".removed-{self.root.name}-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.root, gone)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
 
     @property
     def journal_path(self) -> Path:
@@ -142,10 +168,19 @@ class Session:
 
     def state(self) -> str:
         """ "mounted" (its daemon runs), "stopped" (to resume, commit or abort), or "committed"
-        (on unmount: done)."""
+        (done: only the record is left)."""
         if self.info.pid and running(self.info.pid):
             return "mounted"
         return "committed" if self.info.finished else "stopped"
+
+    def check_resumable(self) -> None:
+        """Raise ConflictError unless the session can be mounted (again)."""
+        if self.state() == "mounted":
+            raise ConflictError(f"staging session {self.info.id} is mounted at {self.info.mountpoint} "
+                                f"(pid {self.info.pid})")  # fmt: skip
+        if self.info.finished:
+            raise ConflictError(f"staging session {self.info.id} was committed as "
+                                f"{self.info.outcome.get('version')}: stage that anew")  # fmt: skip
 
     @property
     def status_path(self) -> Path:
@@ -162,14 +197,13 @@ class Session:
     def read_status(self) -> list[Change]:
         return [Change(**c) for c in json.loads(self.status_path.read_text())]
 
-    def finish(self) -> None:
-        """Committed on unmount: the staged work is in the store; only the record stays (for
-        `artfs umount` to report, or `stage --list` to show)."""
+    def drop_work(self) -> None:
+        """A finished session's staged work goes: it is in the store, and the record (saved
+        first: never the other way round) says so, for `artfs umount` and `artfs commit ID` to
+        report and `stage --list` to show."""
+        assert self.info.finished
         shutil.rmtree(self.root / "upper", ignore_errors=True)
         self.journal_path.unlink(missing_ok=True)
-        self.info.finished = True
-        self.info.pid = 0
-        self.save()
 
     # -- the tree ----------------------------------------------------------------------------
     def base_record(self, catalog: Catalog) -> VersionRecord | None:
@@ -191,9 +225,29 @@ class Session:
 
     # -- committing --------------------------------------------------------------------------
     def commit(
-        self, overlay: Overlay, catalog: Catalog, blobs: BlobStore, progress: ProgressFactory = silent
+        self,
+        overlay: Overlay,
+        catalog: Catalog,
+        blobs: BlobStore,
+        progress: ProgressFactory = silent,
+        *,
+        final: bool = False,
     ) -> Committed:
-        """Commit the staged tree as the next version (see the module docstring)."""
+        """Commit the staged tree as the next version (see the module docstring), its outcome
+        saved in the record. `final`: the session ends with it (unmounted, or committed while
+        stopped): the same save marks it finished, so that no moment exists at which a crash
+        leaves a session that is neither finished nor able to commit its work again."""
+        done = self._commit(overlay, catalog, blobs, progress)
+        self.info.outcome = done.outcome()
+        self.info.finished = final
+        self.save()
+        if final:
+            self.drop_work()
+        return done
+
+    def _commit(
+        self, overlay: Overlay, catalog: Catalog, blobs: BlobStore, progress: ProgressFactory
+    ) -> Committed:
         info = self.info
         if overlay.journal is not None:
             overlay.journal.sync()
@@ -223,7 +277,6 @@ class Session:
                              f"{previous.number}")  # fmt: skip
             info.commits += 1
             info.committed = result.record.number
-            self.save()
         return Committed(result, tuple(notes))
 
 
