@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import stat
 import subprocess
+import time
 from functools import partial
 from pathlib import Path
 from subprocess import PIPE
@@ -25,8 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from artfs.mounttable import is_artfs_mount, running
+
 from .conftest import ARTFS as ARTFS_CLI
-from .conftest import StageFactory, make_tree, push, run, run_cli, verify
+from .conftest import S3_BUCKET, MountFactory, SeaweedFS, StageFactory, make_tree, push, run, run_cli, verify
 from .t3_staging import _build_base, _errno_of, _local_op, _local_tree, ops
 
 MiB = 1 << 20
@@ -87,7 +90,7 @@ def _extra(tmp_path: Path) -> Path:
 
 
 def test_ordinary_tools_leave_the_tree_a_local_disk_would(
-    tmp_path: Path, store_url: str, rich_tree: Path, stage: StageFactory
+    tmp_path: Path, store_url: str, rich_tree: Path, stage: StageFactory, mount: MountFactory
 ) -> None:
     push(store_url, "rich", rich_tree)
     (rich_tree / "data/append.log").write_text("log\n")
@@ -114,11 +117,10 @@ def test_ordinary_tools_leave_the_tree_a_local_disk_would(
     run(*git, "-C", str(repo.path / "clone"), "gc", "-q")
     run(*git, "-C", str(repo.path / "repo"), "commit", "-qam", "in place", "--allow-empty")
     assert repo.umount().stdout.strip() == "rich:v3"
-    out = tmp_path / "v3"
-    assert run_cli("download", "rich:v3", str(out), store=store_url).returncode == 0
-    run("git", "-C", str(out / "clone"), "fsck", "--strict")
-    assert run("git", "-C", str(out / "clone"), "log", "--format=%s") == "third\nsecond\nfirst\n"
-    run("git", "-C", str(out / "repo"), "fsck", "--strict")
+    v3 = mount(store_url).path / "rich:v3"  # the committed version, through the read-only mount
+    run("git", "-C", str(v3 / "clone"), "fsck", "--strict")
+    assert run("git", "-C", str(v3 / "clone"), "log", "--format=%s") == "third\nsecond\nfirst\n"
+    run("git", "-C", str(v3 / "repo"), "fsck", "--strict")
 
 
 def test_unchanged_makes_no_version_and_a_new_name_starts_empty(
@@ -371,3 +373,111 @@ def test_a_full_disk_fails_the_writer_not_the_mount(
     assert (s.path / "base.txt").read_text() == "base\n"
     assert s.umount().stdout.strip() == "ds:v1"
     assert "small" in run_cli("files", "ds:v1", store=store_url).stdout
+
+
+# -- ways a stage ends -------------------------------------------------------------------------
+def test_fusermount_u_commits_and_so_does_stopping_the_unit(
+    tmp_path: Path, store_url: str, stage: StageFactory
+) -> None:
+    make_tree(tmp_path / "src", {"base.txt": "base\n"})
+    push(store_url, "ds", tmp_path / "src")
+    s = stage(store_url, "ds")
+    (s.path / "by-fusermount").write_text("1\n")
+    pid, sid = s.pid, s.session
+    run("fusermount3", "-u", str(s.path))  # the daemon commits as it goes
+    while running(pid):
+        time.sleep(0.01)
+    listed = {x["id"]: x for x in json.loads(run_cli("stage", "--list", "--json").stdout)}
+    assert (listed[sid]["state"], listed[sid]["outcome"]["version"]) == ("committed", "ds:v1")
+    assert "by-fusermount" in run_cli("files", "ds:v1", store=store_url).stdout
+
+    # systemd is not running here: do what it does with artfs-stage@.service, from the unit's
+    # own lines (ExecStart with the environment file's settings, READY=1, then ExecStop)
+    unit = dict(
+        line.split("=", 1)
+        for line in (Path(__file__).parents[1] / "systemd/artfs-stage@.service").read_text().splitlines()
+        if line.startswith(("ExecStart=", "ExecStop="))
+    )
+    mnt = tmp_path / "unit-mnt"
+    settings = {"ARTFS_STORE": store_url, "ARTFS_STAGE": "ds", "ARTFS_STAGE_OPTIONS": "-a nightly -m k=v"}
+
+    def command(line: str) -> list[str]:
+        """A unit's command line as systemd expands it: $X splits into words, ${X} is one."""
+        out: list[str] = []
+        for word in line.split():
+            if word == "/usr/local/bin/artfs":
+                out += ARTFS_CLI
+            elif word.startswith("${"):
+                out.append(settings[word[2:-1]])
+            elif word.startswith("$"):
+                out += settings[word[1:]].split()
+            else:
+                out.append(word.replace("%f", str(mnt)))
+        return out
+
+    mnt.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(60)
+        env = {**os.environ, **settings, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+        service = subprocess.Popen(command(unit["ExecStart"]), env=env, stdout=PIPE, stderr=PIPE, text=True)
+        try:
+            assert "READY=1" in notify.recv(4096).decode()
+            (mnt / "by-unit").write_text("2\n")
+            stop = subprocess.run(command(unit["ExecStop"]), env=env, capture_output=True, text=True)
+            assert (stop.returncode, stop.stdout.strip()) == (0, "ds:v2"), stop.stderr
+            _, err = service.communicate(timeout=60)
+            assert service.returncode == 0, err
+        finally:
+            if service.poll() is None:
+                service.kill()
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+            service.communicate()
+    info = json.loads(run_cli("info", "ds:nightly", "--json", store=store_url).stdout)
+    assert (info["version"], info["metadata"]) == ("v2", {"k": "v"})
+
+
+def test_a_commit_the_store_cannot_take_keeps_the_work_and_finishes_later(
+    tmp_path: Path,
+    small_disk: Path,
+    own_s3: SeaweedFS,
+    stage: StageFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store's disk full, then the store unreachable: the commit fails with a clear error,
+    the session is kept, and `artfs commit ID` finishes it once the store can take it."""
+    make_tree(tmp_path / "src", {"base.txt": "base\n"})
+    big = os.urandom(3 * MiB)
+    expected = make_tree(tmp_path / "expected", {"base.txt": "base\n", "big.bin": big})
+
+    def failed_commit(store_url: str, says: str) -> str:
+        s = stage(store_url, "ds")
+        (s.path / "big.bin").write_bytes(big)
+        sid = s.session
+        if store_url.startswith("s3:"):
+            own_s3.kill()
+        done = s.cli("umount", str(s.path))
+        assert done.returncode >= 3 and says in done.stderr.lower(), done.stderr
+        assert f"artfs commit {sid}" in done.stderr and not is_artfs_mount(str(s.path))
+        listed = {x["id"]: x["state"] for x in json.loads(run_cli("stage", "--list", "--json").stdout)}
+        assert listed[sid] == "stopped"
+        return sid
+
+    def finished_later(store_url: str, sid: str) -> None:
+        assert "A big.bin" in run_cli("status", sid).stdout.splitlines()
+        done = run_cli("commit", sid)
+        assert (done.returncode, done.stdout.strip()) == (0, "ds:v1"), done.stderr
+        verify(store_url, "ds:v1", expected)
+
+    full = f"file://{small_disk / 'store'}"  # on 1 MiB
+    push(full, "ds", tmp_path / "src")
+    sid = failed_commit(full, "space")
+    run("mount", "-o", "remount,size=16m", str(small_disk))
+    finished_later(full, sid)
+
+    monkeypatch.setenv("S3_ENDPOINT_URL", own_s3.endpoint)
+    remote = f"s3://{S3_BUCKET}/down"
+    push(remote, "ds", tmp_path / "src")
+    sid = failed_commit(remote, "cannot connect")
+    own_s3.start()
+    finished_later(remote, sid)
