@@ -5,10 +5,10 @@ Layout under the cache directory (`$ARTFS_CACHE`, default `$XDG_CACHE_HOME/artfs
     blocks/<block_size>/ab/<hash>            a sparse file the size of the blob
     blocks/<block_size>/ab/<hash>.present    one byte per block: 1 = the block was written
     blocks/<block_size>/ab/<hash>            a small blob (≤ MAP_MIN), whole: no .present
-    blocks/<block_size>/ab/<key>.sums        a reference whose content was never hashed (keyed
-                                             by URI and pin): 16 bytes per block, the xxh3-128
-                                             of the block as it was fetched, pinned, from its
-                                             origin; what is read back is checked against it
+    learned/<block_size>/ab/<key>            a reference whose content was never hashed (keyed by
+                                             URI and pin): 16 bytes per block, the xxh3-128 the
+                                             block had when first fetched, pinned, from its
+                                             origin; never evicted (see `Learned`)
     pins/<store-id>-<name>:v<N>.json         blobs a pinned version needs; never evicted
 
 Blobs are content-addressed, so blocks are shared by every version and every store that holds the
@@ -53,7 +53,8 @@ import xxhash
 
 from .blobs import BlobStore, check_block
 from .config import PRIVATE_DIR, PRIVATE_FILE, private_dir
-from .errors import CorruptDataError, InvalidInputError
+from .errors import CorruptDataError, InvalidInputError, StaleReferenceError
+from .logs import redact
 from .manifest import Entry
 from .progress import ProgressFactory, silent
 from .workers import Pool, checkpoint
@@ -227,6 +228,48 @@ class InPlaceBlob(_FileBlob):
     keep = take
 
 
+class Learned:
+    """What the first reads of a reference whose content was never hashed (tracked with
+    `--no-checksum`) saw: the xxh3-128 of each block. Every later read of the block — fetched
+    from its origin again, or read back from the cache — must match, so bytes that changed behind
+    an unchanged pin (size and mtime put back) are never served: StaleReferenceError (ESTALE).
+    Kept apart from the blocks, so evicting or pruning them forgets nothing (16 bytes a block).
+    The first process to record a block wins; a lock makes check-and-record one step."""
+
+    def __init__(self, path: Path, blocks: int, source: str) -> None:
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+        self._known = bytearray(os.pread(self._fd, SUM * blocks, 0).ljust(SUM * blocks, b"\0"))
+        self._source = source
+
+    def matches(self, index: int, data: Buffer) -> bool:
+        """Does block `index` hold what it held when first read? (Recorded now if it was not.)"""
+        digest = xxhash.xxh3_128_digest(data)
+        at = slice(SUM * index, SUM * (index + 1))
+        if self._known[at] == bytes(SUM):
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                self._known[at] = os.pread(self._fd, SUM, SUM * index).ljust(SUM, b"\0")
+                if self._known[at] == bytes(SUM):
+                    os.pwrite(self._fd, digest, SUM * index)
+                    self._known[at] = digest
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return self._known[at] == digest
+
+    def check(self, index: int, data: Buffer) -> None:
+        """StaleReferenceError unless `matches`."""
+        if not self.matches(index, data):
+            log.warning("%s: block %d differs from what it held when first read", redact(self._source), index)
+            raise StaleReferenceError(
+                f"{redact(self._source)}: the referenced object changed since it was first read (block "
+                f"{index} differs; it was tracked without a checksum, pinned by size and time only)"
+            )
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class CachedBlob(_FileBlob):
     """A blob copied block by block into the cache as it is read."""
 
@@ -247,10 +290,7 @@ class CachedBlob(_FileBlob):
         super().__init__(entry, cache.block_size, fd)
         n = len(self.verified)
         self.present = bytearray(os.pread(self._present_fd, n, 0).ljust(n, b"\0"))
-        self._sums_fd = -1  # a reference's learned block hashes (see the module docstring)
-        if not entry.content_known:
-            self._sums_fd = os.open(f"{path}.sums", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
-            self._sums = bytearray(os.pread(self._sums_fd, SUM * n, 0).ljust(SUM * n, b"\0"))
+        self._learned = None if entry.content_known else cache.learned(entry)
         os.utime(self._present_fd)  # the LRU clock: last opened
         self._path = path
 
@@ -287,9 +327,9 @@ class CachedBlob(_FileBlob):
         os.posix_fadvise(self.fd, start, length, os.POSIX_FADV_WILLNEED)  # one read, not a fault a page
         data = self._serve(start, length)
         try:
-            if self._sums_fd < 0:
+            if self._learned is None:
                 check_block(self.entry, index, self.block_size, data, f"cache {self._cache.root}")
-            elif xxhash.xxh3_128_digest(data) != self._sums[SUM * index : SUM * (index + 1)]:
+            elif not self._learned.matches(index, data):
                 raise CorruptDataError(f"{self.entry.path}: cached block {index} is corrupt")
         except CorruptDataError:
             log.warning(
@@ -303,16 +343,14 @@ class CachedBlob(_FileBlob):
         return data
 
     def take(self, index: int, data: Buffer) -> None:
+        if self._learned is not None:  # fetched: what the store could not check, this does
+            self._learned.check(index, data)
         self._cache.count("blocks_fetched", bytes_fetched=len(data))
         self._cache.remember(self.entry.hash, index, data)
 
     def keep(self, index: int, data: Buffer) -> None:
         def write() -> None:
             self._write(data, index * self.block_size)
-            if self._sums_fd >= 0:
-                digest = xxhash.xxh3_128_digest(data)
-                os.pwrite(self._sums_fd, digest, SUM * index)
-                self._sums[SUM * index : SUM * (index + 1)] = digest
             os.pwrite(self._present_fd, b"\1", index)  # after the data: never marks a hole
 
         # A record's first byte takes a filesystem block of its own: account for it with the data.
@@ -346,8 +384,8 @@ class CachedBlob(_FileBlob):
 
     def close(self) -> None:
         os.close(self._present_fd)
-        if self._sums_fd >= 0:
-            os.close(self._sums_fd)
+        if self._learned is not None:
+            self._learned.close()
         super().close()  # drops the shared lock: evictable again
 
 
@@ -519,6 +557,11 @@ class BlockCache:
             self.stats[what] += n
             self.stats.update(more)
 
+    def learned(self, entry: Entry) -> Learned:
+        """The record of what a reference never hashed held when first read (see Learned)."""
+        path = self.root / "learned" / str(self.block_size) / entry.hash[:2] / entry.hash
+        return Learned(path, entry.block_count(self.block_size), entry.source)
+
     def open(self, entry: Entry, fetch: Callable[[int], bytes], pinned: bool = False) -> BlobFile:
         if entry.size <= min(MAP_MIN, self.block_size) and entry.content_known:
             return SmallBlob(self, entry, fetch, pinned)
@@ -537,7 +580,7 @@ class BlockCache:
                         if time.time() - path.stat().st_mtime > STALE_TMP:
                             path.unlink()
                     continue
-                if name.endswith((".present", ".sums")):
+                if name.endswith(".present"):
                     continue
                 try:
                     st = path.stat()
@@ -546,8 +589,6 @@ class BlockCache:
                 try:  # the record's disk space counts too: the budget is what `du` says
                     record = os.stat(f"{path}.present")
                     last, size = record.st_mtime, (st.st_blocks + record.st_blocks) * 512
-                    with contextlib.suppress(FileNotFoundError):
-                        size += os.stat(f"{path}.sums").st_blocks * 512
                 except FileNotFoundError:
                     last, size = st.st_mtime, st.st_blocks * 512  # a small blob: its own clock
                 out.append(CachedBlobInfo(name, size, last))
@@ -706,7 +747,7 @@ def _try_remove(path: Path) -> bool:
             return False
         # The .present record goes first: a reader that opens the blob between the two unlinks
         # finds no record and starts empty, never trusting blocks of a file about to vanish.
-        for gone in (f"{path}.present", f"{path}.sums", path):
+        for gone in (f"{path}.present", path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(gone)
         return True

@@ -22,9 +22,9 @@ import pytest
 import xxhash
 
 import artfs
-from artfs.errors import InvalidInputError
+from artfs.errors import InvalidInputError, StaleReferenceError
 
-from .conftest import MountFactory, StageFactory, _free_ports, _wait_for_http, run_cli
+from .conftest import MountFactory, SeaweedFS, StageFactory, _free_ports, _wait_for_http, make_tree, run_cli
 
 FILES = {"a.bin": os.urandom(9_000_000), "b.bin": os.urandom(5_000), "c.bin": os.urandom(7_000),
          "sub/e.txt": b"hello\n"}  # fmt: skip
@@ -243,6 +243,8 @@ def test_track_mount_and_read_then_the_origin_changes_and_goes(
 
     m = mount(store)
     root = m.path / "refs:v0"
+    walked = subprocess.run(["ls", "-lR", str(root)], capture_output=True, text=True, check=True).stdout
+    assert "a.bin" in walked and m.stats().get("blocks_fetched", 0) == 0  # ls -l reads no origin
     assert (root / path_of(kit, "a.bin")).read_bytes() == FILES["a.bin"]
     assert os.getxattr(root / path_of(kit, "a.bin"), "user.artfs.source").decode() == kit.uri("d/a.bin")
     assert m.stats()["blocks_fetched"] >= 1
@@ -402,3 +404,54 @@ def test_a_gcs_composite_object_pins_by_generation(kit: Kit, tmp_path: Path) -> 
     pin = json.loads(next(iter(v.files())).entry.pin)
     assert pin["generation"] == str(kit.bucket.get_blob("composed.txt").generation) and pin["crc32c"]
     assert v.open("composed.txt").read() == b"first half second half"
+
+
+def test_a_reference_never_hashed_is_held_to_what_its_first_read_saw(
+    tmp_path: Path, mount: MountFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tracked with --no-checksum (pinned by size and mtime), a file changed behind its pin — the
+    same size, its mtime put back — is refused where it differs from what the first read saw,
+    fetched again after every block was evicted, in a new mount and through the API alike."""
+    monkeypatch.setenv("ARTFS_CACHE", str(tmp_path / "cache"))  # the mounts' cache, the API's too
+    store = f"file://{tmp_path / 'store'}"
+    origin = tmp_path / "origin"
+    before = os.urandom(3 << 20)
+    make_tree(origin, {"f.bin": before})
+    assert run_cli("track", "w", str(origin / "f.bin"), "--no-checksum", store=store).returncode == 0
+    first = mount(store)
+    assert (first.path / "w:v0/f.bin").read_bytes() == before  # its block hashes are recorded
+    first.umount()
+    st = os.stat(origin / "f.bin")
+    with open(origin / "f.bin", "r+b") as f:  # block 1 of 3 changes; size and mtime stay
+        f.seek((1 << 20) + 5)
+        f.write(b"changed")
+    os.utime(origin / "f.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run_cli("cache", "prune", "--to", "0").returncode == 0  # every block evicted
+
+    again = mount(store)
+    with open(again.path / "w:v0/f.bin", "rb") as f:
+        assert f.read(1 << 20) == before[: 1 << 20]  # what did not change is served
+        with pytest.raises(OSError) as e:
+            f.read()
+    assert e.value.errno == errno.ESTALE
+    assert "block 1 differs from what it held when first read" in again.log_text()
+    with pytest.raises(StaleReferenceError, match="changed since it was first read"):
+        artfs.Store(store).artifact("w:v0").open("f.bin").read()
+
+
+def test_expanding_a_prefix_costs_listings_not_a_request_per_object(
+    tmp_path: Path, own_s3: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3_ENDPOINT_URL", own_s3.endpoint)
+    store = f"file://{tmp_path / 'store'}"
+    for versioned in (False, True):
+        name = f"many-{versioned}".lower()
+        kit = S3Kit(name, versioned=versioned)
+        for i in range(1_100):  # two listing pages
+            kit.put(f"p/{i:04}", b"x")
+        before, _ = own_s3.traffic()
+        done = run_cli("track", name, kit.uri("p"), store=store)
+        assert done.returncode == 0, done.stderr
+        requests = own_s3.traffic()[0] - before
+        # a HEAD of the key (a prefix, not an object), the bucket's versioning, two pages
+        assert requests <= 5, (versioned, requests)
