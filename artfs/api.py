@@ -314,7 +314,8 @@ class FileData:
     @classmethod
     def of(cls, entry: Entry) -> FileData:
         modified = datetime.fromtimestamp(entry.mtime / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return cls(entry.hash, entry.path, entry.size, {"file_path": None, "last_modified": modified})
+        where = {"file_path": entry.source or None, "last_modified": modified}
+        return cls(entry.hash, entry.path, entry.size, where)
 
 
 class Version:

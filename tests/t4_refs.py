@@ -239,6 +239,7 @@ def test_track_mount_and_read_then_the_origin_changes_and_goes(
         assert f["weak"] is False  # a server with no validators: the content was hashed instead
     v = artfs.Store(store).artifact("refs:v0")
     assert {f.ref() for f in v.files()} == {kit.uri(f"d/{k}") for k in FILES}
+    assert {f.metadata["file_path"] for f in v.fetch_files_list()} == {kit.uri(f"d/{k}") for k in FILES}
     assert v.open(path_of(kit, "sub/e.txt")).read() == FILES["sub/e.txt"]  # the API reads them too
 
     m = mount(store)
