@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -71,14 +72,19 @@ def test_fsynced_writes_survive_a_killed_daemon(
             durable_write(s.path / f"{new}.marker", b"m")
             durable[new] = durable.pop(old)
             durable[f"{new}.marker"] = b"m"
+    inodes = {rel: os.stat(s.path / rel).st_ino for rel in durable}
     s.kill()
     assert [x["id"] for x in stopped_sessions()] == [sid]
+    session = Path(os.environ["XDG_STATE_HOME"]) / "artfs/stage" / sid  # private, as the cache is
+    for p in (session, *session.rglob("*")):
+        assert stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600), p
 
     again = tmp_path / "again"
     again.mkdir()
     assert run_cli("stage", "--resume", sid, str(again), store=store_url).returncode == 0
     for rel, data in durable.items():
         assert (again / rel).read_bytes() == data, rel
+        assert os.stat(again / rel).st_ino == inodes[rel], rel  # written files keep their inodes
     for i in range(3):
         assert (again / f"d{i}/base{i}.bin").read_bytes() == (tmp_path / f"src/d{i}/base{i}.bin").read_bytes()
     expected = tmp_path / "expected"
