@@ -481,3 +481,23 @@ def test_a_commit_the_store_cannot_take_keeps_the_work_and_finishes_later(
     sid = failed_commit(remote, "cannot connect")
     own_s3.start()
     finished_later(remote, sid)
+
+
+def test_committing_a_change_fetches_none_of_the_base(
+    tmp_path: Path, own_s3: SeaweedFS, stage: StageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3_ENDPOINT_URL", own_s3.endpoint)
+    remote = f"s3://{S3_BUCKET}/lazy"
+    base = {f"d{i}/big{j}.bin": os.urandom(2 * MiB) for i in range(3) for j in range(2)}
+    push(remote, "ds", make_tree(tmp_path / "src", {**base, "d0/small.txt": "small\n"}))
+    s = stage(remote, "ds")
+    (s.path / "d1/new.txt").write_text("new\n")  # a new name
+    with open(s.path / "d2/big0.bin", "wb") as f:  # a base file replaced (O_TRUNC: no copy-up)
+        f.write(b"replaced\n")
+    os.rename(s.path / "d0/small.txt", s.path / "d0/moved.txt")
+    _, sent_before = own_s3.traffic()
+    assert s.umount().stdout.strip() == "ds:v1"
+    sent = own_s3.traffic()[1] - sent_before
+    assert sent < MiB // 4, sent  # tree objects and records, none of the 12 MiB of content
+    expected = {**base, "d1/new.txt": "new\n", "d2/big0.bin": "replaced\n", "d0/moved.txt": "small\n"}
+    verify(remote, "ds:v1", make_tree(tmp_path / "expected", expected))
