@@ -128,10 +128,13 @@ class Session:
                 continue
             try:
                 session = cls.load(d.name)
+                age = session.age()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
             except (NotFoundError, ValueError, TypeError) as e:
                 log.warning("%s: not a staging session (%s)", d, e)
                 continue
-            if session.info.finished and session.age() > RECEIPT_DAYS * 86400:
+            if session.info.finished and age > RECEIPT_DAYS * 86400:
                 session.remove()
                 continue
             if session.info.finished:
