@@ -1,7 +1,8 @@
 """Crash drills at scale: tests/t5_crash.py's two drills — the staging daemon killed with SIGKILL
 after seeded fsynced and unfsynced edits (then resumed: every fsynced write must be there byte for
-byte), and `artfs commit` killed at seeded random moments up to three times (then finished: exactly
-one complete version) — run over many seeds instead of CI's five.
+byte), and `artfs commit` killed first in the phase its seed picks, then at random moments, up to
+three times (then finished: exactly one complete version) — run over many seeds instead of CI's
+five. Prints where the commit kills landed, by phase (as the store and the process showed it).
 
     .venv/bin/python bench/crash.py [--drills 50]      (half of them of each kind)
 """
@@ -12,10 +13,15 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from access import parser
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tests.t5_crash import PHASES  # the order a commit goes through, as the drill sees it
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +30,8 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--drills", type=int, default=50)
     args = ap.parse_args()
-    env = {**os.environ, "ARTFS_CRASH_SEEDS": str(args.drills // 2)}
+    landed = Path(tempfile.mkdtemp()) / "landed"
+    env = {**os.environ, "ARTFS_CRASH_SEEDS": str(args.drills // 2), "ARTFS_CRASH_LOG": str(landed)}
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/t5_crash.py"]
     if args.dir:
         argv.append(f"--basetemp={args.dir / 'crash'}")
@@ -37,6 +44,13 @@ def main() -> None:
     if failed or done.returncode:
         print(done.stdout[-20_000:])
     print(f"{passed + failed} drills in {took:.0f} s: {passed} passed, {failed} failed", flush=True)
+    kills = [line.split() for line in landed.read_text().splitlines()] if landed.exists() else []
+    first = Counter(k[1] for k in kills if len(k) > 1)
+    every = Counter(phase for k in kills for phase in k[1:])
+    print(f"commit kills by phase ({sum(every.values())} kills in {len(kills)} commit drills; the first "
+          "kill of each waited for the phase its seed picks):")  # fmt: skip
+    for phase in PHASES:
+        print(f"  {phase:10} first kill {first[phase]:3}   any kill {every[phase]:3}")
     print("(a failure is a lost fsynced write, a partial or second version, or a session left behind)")
     sys.exit(1 if failed or done.returncode else 0)
 
