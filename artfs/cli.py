@@ -53,7 +53,8 @@ from .workers import Cancelled
 from .worktree import Changes
 
 log = logging.getLogger(__name__)
-out = Console(highlight=False, soft_wrap=True)
+# Piped or redirected, tables keep every character (rich would cut them at 80 columns).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
 
 EXIT_CODES = """\b
 Exit codes: 0 ok · 1 differences found / nothing done as asked · 2 usage or invalid input ·
@@ -215,11 +216,22 @@ def when(iso: str) -> str:
         return iso
 
 
+NAMING = ("ID", "NAME", "VERSION", "PATH", "SOURCE")  # what a reader copies: never cut short
+
+
 def table(*columns: str) -> Table:
     t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c, justify="right" if c in ("SIZE", "FILES", "VERSIONS") else "left", no_wrap=True)
     return t
+
+
+def show(t: Table) -> None:
+    """Print a table; on a narrow terminal the other columns are cut short (…), not the names."""
+    for column in t.columns:
+        if str(column.header) in NAMING:
+            column.min_width = max((len(str(cell)) for cell in column.cells), default=0)
+    out.print(t)
 
 
 @click.group(cls=ArtfsGroup, epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -496,7 +508,7 @@ def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
                 when(v.created_at),
                 v.digest[:12],
             )
-        out.print(t)
+        show(t)
         return None
     summaries = store.catalog.summaries()  # one listing, and a record per artifact
     if as_json:
@@ -517,7 +529,7 @@ def ls(ctx: click.Context, name: str | None, as_json: bool) -> None:
     for newest, count in summaries:
         size, updated = human_size(newest.size), when(newest.created_at)
         t.add_row(newest.name, newest.type, str(count), f"v{newest.number}", size, updated)
-    out.print(t)
+    show(t)
     return None
 
 
@@ -537,7 +549,7 @@ def show_version(v: Version, as_json: bool) -> None:
         *([("staged on", f"v{base}")] if (base := v.to_dict().get("base")) is not None else []),
     ] + [(f"metadata.{k}", json.dumps(val)) for k, val in sorted(v.metadata.items())]:
         t.add_row(key, value)
-    out.print(t)
+    show(t)
     return None
 
 
@@ -621,7 +633,7 @@ def files(ctx: click.Context, ref: str, as_json: bool) -> None:
             source = f"{redact(e.source)}{' (weak)' if e.weak else ''}"
             modified = _file_times(e)["last_modified"][:19].replace("T", " ")
             t.add_row(f"{e.mode:o}", human_size(e.size), e.hash[:12], modified, e.path, source)
-    out.print(t)
+    show(t)
     return None
 
 
@@ -1187,7 +1199,7 @@ def list_stages(as_json: bool) -> None:
         if state == "committed":
             state = f"committed {i.outcome.get('version') or '(nothing)'}"
         t.add_row(i.id, state, base, i.mountpoint if state == "mounted" else "", when(i.created_at))
-    out.print(t)
+    show(t)
     return None
 
 

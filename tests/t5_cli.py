@@ -473,3 +473,12 @@ def _one_file(tmp_path: Path) -> artfs.Artifact:
     art = artfs.Artifact("ds")
     art.add_file(make_tree(tmp_path / "one", {"a": "1"}) / "a")
     return art
+
+
+def test_piped_tables_keep_every_name_whole(store_url: str, tmp_path: Path) -> None:
+    name = "a" * 127 + "z"  # the longest name there is
+    path = "/".join(["deep-directory-name"] * 8) + "/file-at-the-bottom.txt"
+    src = make_tree(tmp_path / "src", {path: "x"})
+    assert run_cli("push", name, str(src), store=store_url).returncode == 0
+    assert name in run_cli("ls", store=store_url).stdout.split()
+    assert path in run_cli("files", f"{name}:v0", store=store_url).stdout.split()
