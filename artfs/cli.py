@@ -40,11 +40,11 @@ from .daemon import (
     start_detached,
     unmount,
 )
-from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError
+from .errors import ArtfsError, ConflictError, InvalidInputError, NotFoundError, TypeMismatchError
 from .logs import redact
 from .logs import setup as setup_logging
 from .manifest import Difference, Entry
-from .names import LATEST, Ref
+from .names import LATEST, Ref, validate_alias, validate_name
 from .refs import MAX_OBJECTS
 from .staging.session import Session as StageSession
 from .staging.session import SessionInfo as StageInfo
@@ -1174,14 +1174,18 @@ def new_stage(
     on_conflict: str,
 ) -> StageSession:
     parsed = Ref.parse(ref)
+    aliases = [validate_alias(a) for a in aliases]  # now, not at the commit after the work
+    if type_ is not None:
+        validate_name(type_, "type")
     if ":" not in ref:
         store.create()  # a first stage of a new name in a new store, as a first push
     catalog = store.catalog
-    new = ":" not in ref and catalog.latest(parsed.name) is None  # starts empty, becomes v0
-    base = None if new else catalog.resolve(parsed).number
-    info = StageInfo(
-        "", store.url, parsed.name, base, type_, description, metadata, list(aliases), on_conflict
-    )
+    # NAME alone: latest, or empty (then it becomes v0); NAME:REF must exist
+    base = catalog.latest(parsed.name) if ":" not in ref else catalog.resolve(parsed)
+    if type_ is not None and base is not None and base.type != type_:
+        raise TypeMismatchError(f"{parsed.name} is a {base.type!r} artifact, not {type_!r}")
+    info = StageInfo("", store.url, parsed.name, base.number if base is not None else None, type_,
+                     description, metadata, aliases, on_conflict)  # fmt: skip
     return StageSession.create(info)
 
 

@@ -191,6 +191,24 @@ def test_a_first_stage_creates_the_store_and_special_files_stay_in_the_session(
     assert blob.stat().st_size == (1 << 30) + 3 and blob.stat().st_blocks * 512 < 1 << 20
 
 
+def test_what_a_commit_would_refuse_is_refused_before_anything_is_staged(
+    tmp_path: Path, store_url: str, stage: StageFactory
+) -> None:
+    make_tree(tmp_path / "src", {"a.txt": "a\n"})
+    push(store_url, "ds", tmp_path / "src")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for options, code, says in (
+        (["-a", "v3"], 2, "invalid alias 'v3'"),
+        (["-t", "a b"], 2, "invalid type 'a b'"),
+        (["-t", "model"], 5, "ds is a 'dataset' artifact, not 'model'"),
+    ):
+        done = run_cli("stage", "ds", str(mnt), *options, store=store_url)
+        assert (done.returncode, says in done.stderr) == (code, True), done.stderr
+        assert not is_artfs_mount(str(mnt))
+    assert run_cli("stage", "--list", "--json").stdout.strip() == "[]"
+
+
 def test_commit_while_mounted_goes_on_staging(store_url: str, rich_tree: Path, stage: StageFactory) -> None:
     push(store_url, "rich", rich_tree)
     s = stage(store_url, "rich")
