@@ -5,6 +5,7 @@ overlay (a daemon killed and resumed) and the session committed: both must equal
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -28,6 +29,7 @@ from artfs.names import validate_link_target
 from artfs.namespace import DIR, FILE, LINK, ROOT_INO
 from artfs.reader import BlockReader
 from artfs.staging.fs import StagingView
+from artfs.staging.journal import Journal
 from artfs.staging.session import RECEIPT_DAYS, Session, SessionInfo, sessions_dir
 from artfs.storage.aio import Threads
 
@@ -381,3 +383,21 @@ def test_sessions_on_disk_keep_what_is_due_and_sweep_what_is_over() -> None:
         Session.load(live.info.id)
     with pytest.raises(NotFoundError):  # a removal's leftover is never a session
         Session.load(f".removed-{live.info.id}-0000")
+
+
+def test_a_journal_that_runs_out_of_room_mid_record_keeps_every_record_after_it(small_disk: Path) -> None:
+    journal = Journal(small_disk / "journal")
+    journal.append({"op": "first", "n": 0})
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):  # the disk full: only the journal's own page has room left,
+        while os.write(fd, b"\0" * 4096):  # so the next line tears
+            pass
+    os.close(fd)
+    with pytest.raises(FsError) as full:
+        journal.append({"op": "torn", "pad": "x" * 8000})
+    assert full.value.errno == errno.ENOSPC
+    filler.unlink()
+    journal.append({"op": "after", "n": 1})
+    journal.close()
+    assert [r["op"] for r in Journal.read(small_disk / "journal")] == ["first", "after"]

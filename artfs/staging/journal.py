@@ -4,11 +4,15 @@ A record is a JSON object followed by a tab and the xxh3-64 of the JSON, so a li
 crash (or garbled on disk) is told from a whole one: replay stops at the first bad line and the
 file is cut back to the last good one, so that appends go on after it. Appends are written at
 once (a killed daemon loses none: they are in the kernel) and made durable by `sync`, which the
-staging mount calls on `fsync` and `fsyncdir`, and before a commit.
+staging mount calls on `fsync` and `fsyncdir`, and before a commit. An append the disk has no
+room for (part of a line written) is cut off again at once and fails with the disk's errno, so
+that the records after it, once there is room, are not hidden behind a torn line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -17,7 +21,7 @@ from typing import Any
 
 import xxhash
 
-from ..errors import CorruptDataError
+from ..errors import FsError
 
 Record = dict[str, Any]
 
@@ -42,6 +46,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._end = os.fstat(self._fd).st_size  # where the whole records end
         self.records = 0  # appended since opened
 
     @staticmethod
@@ -62,10 +67,22 @@ class Journal:
             os.truncate(path, good)
 
     def append(self, record: Record) -> None:
+        """FsError (ENOSPC, EDQUOT, EIO…) when it could not be written whole; nothing is left."""
         line = _line(record)
-        if os.write(self._fd, line) != len(line):
-            raise CorruptDataError(f"{self.path}: short write to the journal")
+        try:
+            written = os.write(self._fd, line)
+        except OSError as e:
+            self._cut()
+            raise FsError(e.errno or errno.EIO, f"{self.path}: {e.strerror}") from None
+        if written != len(line):  # a disk that filled up mid-line
+            self._cut()
+            raise FsError(errno.ENOSPC, f"{self.path}: no room for the journal")
+        self._end += len(line)
         self.records += 1
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._end)
 
     def sync(self) -> None:
         os.fsync(self._fd)
