@@ -272,6 +272,25 @@ def test_the_stage_behaves_like_a_local_directory_through_the_kernel(
     verify(store_url, label, model)
 
 
+def test_a_set_group_id_directory_gives_its_group_as_a_local_disk_does(
+    tmp_path: Path, store_url: str, stage: StageFactory
+) -> None:
+    push(store_url, "ds", make_tree(tmp_path / "src", {"x": "x"}))
+    seen = []
+    for root in (stage(store_url, "ds").path, tmp_path / "local"):
+        shared = root / "shared"
+        shared.mkdir(parents=True)
+        os.chown(shared, -1, 4242)
+        os.chmod(shared, 0o2775)
+        (shared / "f").write_text("f")
+        (shared / "sub").mkdir()
+        os.symlink("f", shared / "l")
+        seen.append([(p, os.lstat(shared / p).st_gid, os.lstat(shared / p).st_mode & stat.S_ISGID)
+                     for p in ("f", "sub", "l")])  # fmt: skip
+    assert seen[0] == seen[1], seen
+    assert seen[0][0][1] == 4242 and seen[0][1][2]  # the group, and a subdirectory the bit
+
+
 # -- an fsx-style exerciser --------------------------------------------------------------------
 def exercise(path: Path, seed: int, steps: int, initial: bytes) -> None:
     """Random reads, writes, truncations and reopenings of one file, every read checked against

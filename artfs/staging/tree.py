@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -275,6 +276,10 @@ class Overlay:
         self._new_name(parent, name)
         if kind == LINK and (not target or len(os.fsencode(target)) >= PATH_MAX):
             raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT)
+        above = self.attr(parent)
+        if above.perm & stat.S_ISGID:  # a set-group-ID directory: its group, and to a directory its bit
+            gid = above.gid
+            mode |= stat.S_ISGID if kind == DIR else 0
         self._bind(parent)
         ino = inode(NEW, self._next)
         if kind == FILE:
